@@ -1,0 +1,293 @@
+//! The Kafka bus (rdkafka with its bundled librdkafka).
+//!
+//! * Producer: idempotent, `acks=all`; `publish` enqueues every record with
+//!   `send_result` (so they are all in flight together) and resolves when every
+//!   delivery report arrived. Queue full and broker errors are retryable
+//!   (`BusError::Unavailable`, ingress answers 503), message too large is
+//!   `BusError::TooLarge` (413).
+//! * Consumer: a consumer group with `enable.auto.offset.store=false`; an
+//!   offset is stored only after [`Subscriber::ack`], over the contiguous acked
+//!   prefix per partition, and committed by librdkafka's auto-commit and
+//!   synchronously on shutdown. So a crash redelivers, never skips.
+//! * Topics are created at startup when `bus.kafka.create_topics` is on and
+//!   they are missing (an existing topic is left as it is). With it off the
+//!   broker's own auto-creation, or the operator, must provide them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+
+use super::{AckTracker, BusError, Message, Position, Publisher, Record, Subscriber, SubscriberOpener, Topic};
+use crate::config::KafkaConfig;
+use crate::metrics as m;
+
+/// Turns librdkafka statistics into metrics (queue depth, consumer lag).
+#[derive(Clone, Default)]
+pub struct StatsContext;
+
+impl ClientContext for StatsContext {
+    fn stats(&self, stats: Statistics) {
+        m::producer_queue(stats.msg_cnt, stats.msg_size);
+        for (topic, t) in &stats.topics {
+            for (id, p) in &t.partitions {
+                if *id >= 0 && p.consumer_lag >= 0 {
+                    m::consumer_lag(topic, *id, p.consumer_lag as u64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for StatsContext {}
+
+pub struct KafkaBus {
+    cfg: KafkaConfig,
+    publisher: Arc<KafkaPublisher>,
+}
+
+pub struct KafkaPublisher {
+    producer: FutureProducer<StatsContext>,
+    cfg: KafkaConfig,
+}
+
+fn base_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    c.set("statistics.interval.ms", "5000");
+    c
+}
+
+fn apply_overrides(c: &mut ClientConfig, cfg: &KafkaConfig, producer: bool) {
+    const PRODUCER_ONLY: &[&str] = &[
+        "acks",
+        "enable.idempotence",
+        "linger.ms",
+        "compression.type",
+        "message.timeout.ms",
+        "queue.buffering.max.messages",
+        "queue.buffering.max.kbytes",
+        "batch.num.messages",
+    ];
+    const CONSUMER_ONLY: &[&str] =
+        &["group.id", "session.timeout.ms", "auto.offset.reset", "heartbeat.interval.ms", "max.poll.interval.ms"];
+    for (k, v) in &cfg.properties {
+        let skip = if producer { CONSUMER_ONLY.contains(&k.as_str()) } else { PRODUCER_ONLY.contains(&k.as_str()) };
+        if !skip {
+            c.set(k, v);
+        }
+    }
+}
+
+fn topic_name(cfg: &KafkaConfig, topic: Topic) -> &str {
+    match topic {
+        Topic::Events => &cfg.topic,
+        Topic::DeadLetters => &cfg.dead_letter_topic,
+    }
+}
+
+fn map_err(e: &KafkaError) -> BusError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) | Some(RDKafkaErrorCode::InvalidMessageSize) => {
+            BusError::TooLarge(e.to_string())
+        }
+        _ => BusError::Unavailable(e.to_string()),
+    }
+}
+
+impl KafkaBus {
+    pub async fn connect(cfg: &KafkaConfig) -> anyhow::Result<KafkaBus> {
+        let mut pc = base_config(cfg);
+        pc.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", cfg.publish_timeout_ms.to_string())
+            // Bounded producer queue: past it publishes fail fast with 503.
+            .set("queue.buffering.max.messages", "200000")
+            .set("queue.buffering.max.kbytes", "131072");
+        apply_overrides(&mut pc, cfg, true);
+        let producer: FutureProducer<StatsContext> = pc.create_with_context(StatsContext)?;
+        if cfg.create_topics {
+            ensure_topics(cfg).await?;
+        }
+        Ok(KafkaBus { cfg: cfg.clone(), publisher: Arc::new(KafkaPublisher { producer, cfg: cfg.clone() }) })
+    }
+
+    pub fn publisher(&self) -> Arc<KafkaPublisher> {
+        self.publisher.clone()
+    }
+}
+
+/// Create the events and dead-letter topics when missing.
+async fn ensure_topics(cfg: &KafkaConfig) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = base_config(cfg).create()?;
+    let topics: Vec<NewTopic> = [&cfg.topic, &cfg.dead_letter_topic]
+        .into_iter()
+        .map(|t| NewTopic::new(t, cfg.partitions, TopicReplication::Fixed(cfg.replication_factor)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics(topics.iter(), &opts).await?;
+    for r in results {
+        match r {
+            Ok(name) => tracing::info!(topic = %name, partitions = cfg.partitions, "created topic"),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = %name, "topic exists"),
+            Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, topic: Topic, records: Vec<Record>) -> Result<(), BusError> {
+        let name = topic_name(&self.cfg, topic);
+        let mut inflight = Vec::with_capacity(records.len());
+        for r in &records {
+            let rec = FutureRecord::to(name).key(&r.key).payload(&r.payload);
+            match self.producer.send_result(rec) {
+                Ok(fut) => inflight.push(fut),
+                Err((e, _)) => return Err(map_err(&e)),
+            }
+        }
+        for fut in inflight {
+            match fut.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(map_err(&e)),
+                Err(_) => return Err(BusError::Unavailable("producer dropped the message".into())),
+            }
+        }
+        Ok(())
+    }
+
+    async fn ready(&self) -> Result<(), BusError> {
+        let client = self.producer.clone();
+        let topic = self.cfg.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let md = client.client().fetch_metadata(Some(&topic), Duration::from_secs(3)).map_err(|e| map_err(&e))?;
+            match md.topics().first() {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+                _ => Err(BusError::Unavailable(format!("topic {topic} not available"))),
+            }
+        })
+        .await
+        .map_err(|e| BusError::Fatal(e.to_string()))?
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<(), BusError> {
+        let p = self.producer.clone();
+        tokio::task::spawn_blocking(move || p.flush(timeout).map_err(|e| map_err(&e)))
+            .await
+            .map_err(|e| BusError::Fatal(e.to_string()))?
+    }
+}
+
+#[async_trait]
+impl SubscriberOpener for KafkaBus {
+    async fn open(&self, topic: Topic) -> Result<Box<dyn Subscriber>, BusError> {
+        let mut cc = base_config(&self.cfg);
+        let group = match topic {
+            Topic::Events => self.cfg.group_id.clone(),
+            Topic::DeadLetters => format!("{}.dlq", self.cfg.group_id),
+        };
+        cc.set("group.id", &group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        apply_overrides(&mut cc, &self.cfg, false);
+        let consumer: StreamConsumer<StatsContext> =
+            cc.create_with_context(StatsContext).map_err(|e| BusError::Fatal(e.to_string()))?;
+        let name = topic_name(&self.cfg, topic).to_string();
+        consumer.subscribe(&[&name]).map_err(|e| map_err(&e))?;
+        Ok(Box::new(KafkaSubscriber { consumer, topic: name, tracker: AckTracker::default() }))
+    }
+}
+
+pub struct KafkaSubscriber {
+    consumer: StreamConsumer<StatsContext>,
+    topic: String,
+    tracker: AckTracker,
+}
+
+/// Copy a borrowed message out and note it as delivered.
+fn own(tracker: &mut AckTracker, m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
+    {
+        let position = Position { partition: m.partition(), offset: m.offset() };
+        tracker.delivered(position);
+        Message {
+            position,
+            key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        }
+    }
+}
+
+#[async_trait]
+impl Subscriber for KafkaSubscriber {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Message>, BusError> {
+        let mut out = Vec::new();
+        let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
+            Err(_) => return Ok(out),
+            Ok(r) => r.map_err(|e| map_err(&e))?,
+        };
+        let msg = own(&mut self.tracker, &first);
+        drop(first);
+        out.push(msg);
+        while out.len() < max {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(m)) => {
+                    let msg = own(&mut self.tracker, &m);
+                    out.push(msg);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consume error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&mut self, positions: &[Position]) -> Result<(), BusError> {
+        let mut tpl = TopicPartitionList::new();
+        // Only the furthest move per partition is stored.
+        let mut moved = std::collections::BTreeMap::new();
+        for p in positions {
+            if let Some((partition, next)) = self.tracker.ack(*p) {
+                moved.insert(partition, next);
+            }
+        }
+        for (partition, next) in moved {
+            tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next))
+                .map_err(|e| BusError::Fatal(e.to_string()))?;
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.store_offsets(&tpl) {
+                // The partition was revoked in a rebalance: its new owner
+                // resumes from the last committed offset (at-least-once).
+                tracing::warn!(error = %e, "cannot store offsets (partition revoked?)");
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<(), BusError> {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            // Nothing stored since the last commit.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(map_err(&e)),
+        }
+    }
+}

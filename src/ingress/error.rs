@@ -1,0 +1,157 @@
+//! The ingress error type and the one place it becomes an HTTP status.
+//!
+//! Every refusal of every source is an [`IngressError`]. [`IngressError::status`]
+//! maps variants to status codes; [`IngressError::render`] writes the body in
+//! the dialect the calling SDK expects (PostHog's `{type, code, detail}`,
+//! Amplitude's `{code, error, ...}`, plain JSON for webhooks). 5xx bodies stay
+//! generic; details go to the log with the request id.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+use crate::bus::BusError;
+
+/// Which wire dialect an error body is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Posthog,
+    Amplitude,
+    Webhook,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    /// Body, decompressed body or one event over a limit (413).
+    #[error("{what} exceeds the {limit}-byte limit")]
+    TooLarge { what: &'static str, limit: usize },
+    /// Too many events in one request (413).
+    #[error("more than {limit} events in one request")]
+    TooManyEvents { limit: usize },
+    /// Undecodable or structurally invalid input (400).
+    #[error("{message}")]
+    Malformed { code: &'static str, message: String },
+    /// A request-level field is missing (400).
+    #[error("request missing required field {field}")]
+    MissingField { field: &'static str },
+    /// Some events are invalid; `details` holds the per-field index maps
+    /// (Amplitude's `events_with_invalid_fields` etc.) (400).
+    #[error("{message}")]
+    InvalidEvents { message: String, details: Map<String, Value> },
+    /// Missing, unknown or mismatched credentials; bad signature (401).
+    #[error("{message}")]
+    Unauthorized { code: &'static str, message: String },
+    /// No such webhook source (404).
+    #[error("unknown source")]
+    UnknownSource,
+    /// Per-user or per-device throttle (429); `details` as Amplitude documents.
+    #[error("too many requests for some devices and users")]
+    Throttled { details: Map<String, Value> },
+    /// The bus refused or timed out; the client should retry (503).
+    #[error("event bus unavailable")]
+    Unavailable { retry_after_secs: u64 },
+    /// Concurrency cap reached (503).
+    #[error("server overloaded")]
+    Overloaded { retry_after_secs: u64 },
+    /// A bug; never caused by client input (500).
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl IngressError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngressError::TooLarge { .. } | IngressError::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::Malformed { .. } | IngressError::MissingField { .. } | IngressError::InvalidEvents { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            IngressError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            IngressError::UnknownSource => StatusCode::NOT_FOUND,
+            IngressError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            IngressError::Unavailable { .. } | IngressError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Bounded reason label for `sluice_events_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngressError::TooLarge { .. } | IngressError::TooManyEvents { .. } => "too_large",
+            IngressError::Malformed { code, .. } => code,
+            IngressError::MissingField { .. } => "missing_field",
+            IngressError::InvalidEvents { .. } => "invalid_events",
+            IngressError::Unauthorized { code, .. } => code,
+            IngressError::UnknownSource => "unknown_source",
+            IngressError::Throttled { .. } => "throttled",
+            IngressError::Unavailable { .. } => "bus_unavailable",
+            IngressError::Overloaded { .. } => "overloaded",
+            IngressError::Internal(_) => "internal",
+        }
+    }
+
+    /// Translate a bus failure for the client.
+    pub fn from_bus(e: BusError, retry_after_secs: u64) -> IngressError {
+        match e {
+            BusError::TooLarge(_) => IngressError::TooLarge { what: "event", limit: 1_000_000 },
+            BusError::Unavailable(_) | BusError::Fatal(_) => IngressError::Unavailable { retry_after_secs },
+        }
+    }
+
+    /// The error as a response in `dialect`.
+    pub fn render(&self, dialect: Dialect) -> Response {
+        let status = self.status();
+        // 5xx bodies never carry internal detail.
+        let message = match self {
+            IngressError::Internal(_) => "internal error".to_string(),
+            other => other.to_string(),
+        };
+        let body = match dialect {
+            Dialect::Amplitude => self.amplitude_body(status, message),
+            Dialect::Posthog | Dialect::Webhook => {
+                let kind = match status.as_u16() {
+                    401 => "authentication_error",
+                    500..=599 => "server_error",
+                    _ => "validation_error",
+                };
+                let mut body = json!({"type": kind, "code": self.reason(), "detail": message});
+                if let IngressError::InvalidEvents { details, .. } = self {
+                    body["errors"] = Value::Object(details.clone());
+                }
+                body
+            }
+        };
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let IngressError::Unavailable { retry_after_secs } | IngressError::Overloaded { retry_after_secs } = self {
+            if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+
+    /// Amplitude's bodies: always JSON with an integer `code`.
+    fn amplitude_body(&self, status: StatusCode, message: String) -> Value {
+        let code = status.as_u16();
+        match self {
+            IngressError::TooLarge { .. } | IngressError::TooManyEvents { .. } => {
+                json!({"code": 413, "error": "Payload too large"})
+            }
+            IngressError::MissingField { field } => {
+                json!({"code": 400, "error": "Request missing required field", "missing_field": field})
+            }
+            IngressError::InvalidEvents { message, details } => with_details(code, message, details),
+            IngressError::Throttled { details } => {
+                with_details(code, "Too many requests for some devices and users", details)
+            }
+            _ => json!({"code": code, "error": message}),
+        }
+    }
+}
+
+fn with_details(code: u16, error: &str, details: &Map<String, Value>) -> Value {
+    let mut obj = Map::new();
+    obj.insert("code".into(), Value::from(code));
+    obj.insert("error".into(), Value::from(error));
+    obj.extend(details.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Value::Object(obj)
+}

@@ -1,0 +1,317 @@
+//! The HTTP side: one router for every source plus health and metrics.
+//!
+//! Each source lives in its own file and turns a [`RawRequest`] into
+//! [`Event`]s; [`publish`] is the only work on the request path after
+//! decoding, and a source answers 2xx only after it returned `Ok` (the bus
+//! made the events durable). `POST /batch` is shared by PostHog and
+//! Amplitude's Batch API and is routed by the body's shape ([`batch`]).
+
+pub mod amplitude;
+pub mod error;
+pub mod posthog;
+pub mod webhook;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::bus::{Publisher, Topic};
+use crate::config::Config;
+use crate::event::Event;
+use crate::metrics as m;
+pub use error::{Dialect, IngressError};
+
+/// Where "now" comes from, so tests can pin it.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The wall clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock stopped at one instant, for tests.
+pub struct FixedClock(pub DateTime<Utc>);
+
+impl Clock for FixedClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0
+    }
+}
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub publisher: Arc<dyn Publisher>,
+    pub clock: Arc<dyn Clock>,
+    /// Renders `/metrics`; `None` when metrics are not installed (tests).
+    pub metrics: Option<PrometheusHandle>,
+    pub posthog: Arc<posthog::PosthogState>,
+    pub amplitude: Arc<amplitude::AmplitudeState>,
+    pub webhooks: Arc<webhook::WebhookState>,
+}
+
+impl AppState {
+    /// Build the state; `data_dir` holds persistent dedup stores when the bus
+    /// is embedded (None keeps them in memory only).
+    pub fn new(
+        config: Arc<Config>,
+        publisher: Arc<dyn Publisher>,
+        clock: Arc<dyn Clock>,
+        metrics: Option<PrometheusHandle>,
+        data_dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<AppState> {
+        Ok(AppState {
+            posthog: Arc::new(posthog::PosthogState::new(&config)?),
+            amplitude: Arc::new(amplitude::AmplitudeState::new(&config, data_dir)?),
+            webhooks: Arc::new(webhook::WebhookState::new(&config, data_dir)?),
+            config,
+            publisher,
+            clock,
+            metrics,
+        })
+    }
+}
+
+/// A request as every source sees it: method, query, headers, the exact body
+/// bytes and the peer address. Built by [`RawRequest::read`] with a body limit.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    pub method: Method,
+    pub path: String,
+    /// The raw query string, without `?`.
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub peer: Option<SocketAddr>,
+}
+
+impl RawRequest {
+    /// Read the request body, refusing more than `limit` bytes with 413.
+    pub async fn read(req: Request, limit: usize) -> Result<RawRequest, IngressError> {
+        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        let (parts, body) = req.into_parts();
+        if let Some(len) = parts.headers.get(axum::http::header::CONTENT_LENGTH) {
+            if len.to_str().ok().and_then(|l| l.parse::<usize>().ok()).is_some_and(|l| l > limit) {
+                return Err(IngressError::TooLarge { what: "request body", limit });
+            }
+        }
+        let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+            // A client that stalls mid-body ends here via the request timeout.
+            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+                IngressError::TooLarge { what: "request body", limit }
+            } else {
+                IngressError::Malformed { code: "body_read_failed", message: format!("cannot read request body: {e}") }
+            }
+        })?;
+        Ok(RawRequest {
+            method: parts.method,
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().map(str::to_string),
+            headers: parts.headers,
+            body,
+            peer,
+        })
+    }
+
+    /// First value of a query parameter, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let q = self.query.as_deref()?;
+        url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Publish events durably; the handler may answer 2xx only after `Ok`.
+pub async fn publish(state: &AppState, source: &'static str, events: &[Event]) -> Result<(), IngressError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let records = events.iter().map(Event::to_record).collect();
+    let started = Instant::now();
+    let result = state.publisher.publish(Topic::Events, records).await;
+    m::publish("events", started.elapsed(), result.is_ok());
+    match result {
+        Ok(()) => {
+            m::events_received(source, events.len());
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(source, error = %e, events = events.len(), "publish failed");
+            Err(IngressError::from_bus(e, state.config.server.retry_after_secs))
+        }
+    }
+}
+
+/// Count and log a refusal, then render it in the source's dialect.
+pub fn refuse(source: &'static str, dialect: Dialect, err: IngressError, events: usize) -> Response {
+    m::events_rejected(source, err.reason(), events);
+    if err.status().is_server_error() {
+        tracing::error!(source, reason = err.reason(), error = %err, "request failed");
+    } else {
+        tracing::info!(source, reason = err.reason(), status = err.status().as_u16(), "request refused");
+    }
+    err.render(dialect)
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.server.max_concurrent_requests;
+    let timeout = Duration::from_secs(state.config.server.request_timeout_secs);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/batch", any(batch))
+        .route("/batch/", any(batch))
+        .merge(posthog::routes())
+        .merge(amplitude::routes())
+        .merge(webhook::routes())
+        .layer(middleware::from_fn(record_http))
+        .layer(middleware::from_fn_with_state(Arc::new(Admission::new(limit, timeout)), admit))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Concurrency cap (503 beyond it, at once) and the whole-request deadline.
+struct Admission {
+    permits: Arc<tokio::sync::Semaphore>,
+    timeout: Duration,
+}
+
+impl Admission {
+    fn new(limit: usize, timeout: Duration) -> Admission {
+        Admission { permits: Arc::new(tokio::sync::Semaphore::new(limit.max(1))), timeout }
+    }
+}
+
+async fn admit(State(adm): State<Arc<Admission>>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = adm.permits.clone().try_acquire_owned() else {
+        m::events_rejected("http", "overloaded", 1);
+        return IngressError::Overloaded { retry_after_secs: 1 }.render(Dialect::Posthog);
+    };
+    match tokio::time::timeout(adm.timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            m::events_rejected("http", "timeout", 1);
+            (StatusCode::REQUEST_TIMEOUT, axum::Json(serde_json::json!({"code": 408, "error": "request timeout"})))
+                .into_response()
+        }
+    }
+}
+
+async fn record_http(req: Request, next: Next) -> Response {
+    let route: &'static str = match req.extensions().get::<MatchedPath>() {
+        Some(p) => route_label(p.as_str()),
+        None => "unmatched",
+    };
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    m::http_request(route, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+/// Bounded route labels (trailing-slash twins share one label).
+fn route_label(path: &str) -> &'static str {
+    match path.trim_end_matches('/') {
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        "/batch" => "/batch",
+        "/e" => "/e",
+        "/i/v0/e" => "/i/v0/e",
+        "/i/v1/analytics/events" => "/i/v1/analytics/events",
+        "/capture" => "/capture",
+        "/track" => "/track",
+        "/engage" => "/engage",
+        "/2/httpapi" => "/2/httpapi",
+        "/identify" => "/identify",
+        "/webhooks/{name}" => "/webhooks/{name}",
+        _ => "other",
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.publisher.ready().await {
+        Ok(()) => {
+            m::ready(true);
+            axum::Json(serde_json::json!({"status": "ready"})).into_response()
+        }
+        Err(e) => {
+            m::ready(false);
+            tracing::warn!(error = %e, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "unavailable", "reason": "bus"})))
+                .into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(h) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// `/batch` is both PostHog's batch route and Amplitude's Batch API. An
+/// Amplitude body is a JSON object with `events` and no `batch`; everything
+/// else (including compressed bodies) is PostHog's.
+async fn batch(State(state): State<AppState>, req: Request<Body>) -> Response {
+    let raw = match RawRequest::read(req, posthog::BATCH_BODY_LIMIT).await {
+        Ok(r) => r,
+        Err(e) => return refuse("posthog", Dialect::Posthog, e, 1),
+    };
+    if is_amplitude_batch(&raw.body) {
+        amplitude::handle_batch(&state, raw).await
+    } else {
+        posthog::handle(&state, raw).await
+    }
+}
+
+fn is_amplitude_batch(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct TopKeys {
+        events: Option<serde::de::IgnoredAny>,
+        batch: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_slice::<TopKeys>(body) {
+        Ok(k) => k.events.is_some() && k.batch.is_none(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_routing_by_shape() {
+        assert!(is_amplitude_batch(br#"{"api_key":"k","events":[{"event_type":"a"}]}"#));
+        assert!(!is_amplitude_batch(br#"{"api_key":"k","batch":[{"event":"a","properties":{"events":1}}]}"#));
+        assert!(!is_amplitude_batch(b"\x1f\x8b\x08\x00"));
+        assert!(!is_amplitude_batch(br#"[{"event":"a"}]"#));
+    }
+}

@@ -9,6 +9,7 @@
 //! | [`event`] | the normalized [`event::Event`] envelope every hop shares, and its partition key |
 //! | [`bus`] | the `Publisher` / `Subscriber` traits; `kafka`, `embedded` (redb log) and `memory` (test fake) backends |
 //! | [`forward`] | the consumer loop: mapping to Brevo calls, delivery (`Deliver` trait: HTTP or dry run), dead letters, acks |
+//! | [`dedup`] | bounded windowed id sets (webhook ids, Amplitude insert_ids), persisted beside the embedded log |
 //! | [`metrics`] | the name of every metric |
 //! | [`telemetry`] | structured logging |
 //!
@@ -17,6 +18,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod dedup;
 pub mod event;
 pub mod forward;
 pub mod ingress;

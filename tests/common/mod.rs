@@ -152,3 +152,95 @@ pub fn write_config(dir: &Path, yaml: &str) -> PathBuf {
     f.write_all(yaml.as_bytes()).expect("write config");
     p
 }
+
+/// A config for a `sluice` on the real broker with fresh topics. Returns the
+/// YAML (with `{port}`/`{dir}` placeholders) and the events topic name.
+/// `extra` is appended at the top level (connectors, brevo, ...).
+pub fn kafka_config(brokers: &str, extra: &str) -> (String, String) {
+    let topic = unique("events");
+    let yaml = format!(
+        r#"server:
+  listen: "127.0.0.1:{{port}}"
+bus:
+  kind: kafka
+  path: "{{dir}}/data"
+  kafka:
+    brokers: "{brokers}"
+    topic: {topic}
+    dead_letter_topic: {topic}.dlq
+    group_id: {group}
+    partitions: 2
+    properties:
+      session.timeout.ms: "6000"
+      heartbeat.interval.ms: "500"
+log:
+  format: json
+{extra}"#,
+        group = unique("fwd"),
+    );
+    (yaml, topic)
+}
+
+/// Read `want` envelopes from `topic` on the real broker (fresh consumer
+/// group, from the beginning), waiting at most `within`.
+pub async fn read_events(brokers: &str, topic: &str, want: usize, within: Duration) -> Vec<sluice::event::Event> {
+    use sluice::bus::{Bus, Topic};
+    use sluice::config::{BusConfig, BusKind, KafkaConfig};
+    let mut properties = std::collections::BTreeMap::new();
+    for (k, v) in fast_group_properties() {
+        properties.insert(k.to_string(), v.to_string());
+    }
+    let cfg = BusConfig {
+        kind: BusKind::Kafka,
+        kafka: KafkaConfig {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            dead_letter_topic: format!("{topic}.dlq"),
+            group_id: unique("reader"),
+            properties,
+            create_topics: false,
+            ..KafkaConfig::default()
+        },
+        ..BusConfig::default()
+    };
+    let bus = Bus::open(&cfg).await.expect("open kafka bus");
+    let mut sub = bus.subscribe(Topic::Events).await.expect("subscribe");
+    let deadline = tokio::time::Instant::now() + within;
+    let mut out = Vec::new();
+    while out.len() < want && tokio::time::Instant::now() < deadline {
+        for m in sub.poll(want - out.len(), Duration::from_millis(500)).await.expect("poll") {
+            out.push(sluice::event::Event::from_payload(&m.payload).expect("envelope decodes"));
+        }
+    }
+    out
+}
+
+/// The venv Python the test command installed the official SDKs into.
+pub fn python() -> Option<String> {
+    match std::env::var("SLUICE_TEST_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("SLUICE_TEST_PYTHON is not set under CI=true: scripts/test did not install the SDKs");
+            }
+            eprintln!("SKIP: no SLUICE_TEST_PYTHON (run scripts/test)");
+            None
+        }
+    }
+}
+
+/// Run `tests/sdk/<script>` with the venv Python; panics with its output on
+/// a non-zero exit. Returns stdout.
+pub fn run_python(python: &str, script: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk").join(script);
+    let out = Command::new(python).arg(&path).args(args).envs(env.iter().copied()).output().expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        panic!(
+            "{script} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    stdout
+}

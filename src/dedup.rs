@@ -1,0 +1,234 @@
+//! Bounded "seen recently" sets for idempotency keys (webhook event ids,
+//! Amplitude `insert_id`s, envelope ids in the forwarder).
+//!
+//! * Lookups are in memory only; memory holds at most `max_entries` ids, and
+//!   the oldest are forgotten first (every id has the same window, so oldest
+//!   inserted is also soonest to expire).
+//! * An id is remembered with [`DedupStore::remember`] only after the work it
+//!   guards succeeded (the publish), so a refused request can be retried.
+//! * With a directory (the embedded bus), ids are also written to
+//!   `dedup.redb` there and reloaded on start, so a restart keeps the window.
+//!   Those writes are not fsync'd one by one: a background flush makes them
+//!   durable every second, so a crash can forget up to a second of ids (the
+//!   forwarder's envelope-id dedup is the second line).
+//! * Across replicas each process has its own set: a redelivery that lands on
+//!   another ingress replica is published again and then suppressed by the
+//!   forwarder's envelope-id dedup (same id), within its window.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+
+/// id → expiry (ms since epoch), one table per store name.
+type Table = TableDefinition<'static, &'static str, u64>;
+
+/// redb wants one handle per file per process: stores opened on the same
+/// directory share it.
+fn shared_db(dir: &Path) -> anyhow::Result<Arc<Database>> {
+    static OPEN: Mutex<Vec<(std::path::PathBuf, std::sync::Weak<Database>)>> = Mutex::new(Vec::new());
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("dedup.redb");
+    let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+    open.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(db) = open.iter().find(|(p, _)| *p == path).and_then(|(_, w)| w.upgrade()) {
+        return Ok(db);
+    }
+    let db = Arc::new(Database::create(&path)?);
+    open.push((path, Arc::downgrade(&db)));
+    let weak = Arc::downgrade(&db);
+    std::thread::Builder::new().name("sluice-dedup-flush".into()).spawn(move || flush_loop(weak))?;
+    Ok(db)
+}
+
+/// Make the unsynced commits durable once a second, and stop with the db.
+fn flush_loop(db: std::sync::Weak<Database>) {
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let Some(db) = db.upgrade() else { return };
+        if let Ok(mut txn) = db.begin_write() {
+            txn.set_durability(Durability::Immediate);
+            let _ = txn.commit();
+        }
+    }
+}
+
+struct Memory {
+    expiry: HashMap<String, u64>,
+    /// Insertion order, for eviction beyond `max_entries`.
+    order: VecDeque<String>,
+}
+
+/// A bounded, windowed set of ids; cheap to share behind an `Arc`.
+pub struct DedupStore {
+    name: &'static str,
+    window_ms: u64,
+    max_entries: usize,
+    mem: Mutex<Memory>,
+    db: Option<Arc<Database>>,
+}
+
+impl DedupStore {
+    /// `name` labels the metric and names the on-disk table; `dir` enables
+    /// persistence.
+    pub fn open(name: &'static str, window: Duration, max_entries: usize, dir: Option<&Path>) -> anyhow::Result<Self> {
+        let store = DedupStore {
+            name,
+            window_ms: window.as_millis() as u64,
+            max_entries: max_entries.max(1),
+            mem: Mutex::new(Memory { expiry: HashMap::new(), order: VecDeque::new() }),
+            db: dir.map(shared_db).transpose()?,
+        };
+        store.load(now_ms())?;
+        Ok(store)
+    }
+
+    fn table(&self) -> Table {
+        TableDefinition::new(self.name)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.mem.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reload unexpired ids from disk, dropping expired ones there.
+    fn load(&self, now: u64) -> anyhow::Result<()> {
+        let Some(db) = &self.db else { return Ok(()) };
+        let txn = db.begin_write()?;
+        let mut live: Vec<(u64, String)> = Vec::new();
+        {
+            let mut t = txn.open_table(self.table())?;
+            let mut expired = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                if v.value() > now {
+                    live.push((v.value(), k.value().to_string()));
+                } else {
+                    expired.push(k.value().to_string());
+                }
+            }
+            for k in expired {
+                t.remove(k.as_str())?;
+            }
+        }
+        txn.commit()?;
+        live.sort_unstable();
+        let mut mem = self.lock();
+        for (exp, id) in live.into_iter().rev().take(self.max_entries).rev() {
+            mem.order.push_back(id.clone());
+            mem.expiry.insert(id, exp);
+        }
+        Ok(())
+    }
+
+    /// Whether `id` was remembered within the window. Counts a hit.
+    pub fn seen(&self, id: &str) -> bool {
+        self.seen_at(id, now_ms())
+    }
+
+    pub fn seen_at(&self, id: &str, now: u64) -> bool {
+        let hit = self.lock().expiry.get(id).is_some_and(|&exp| exp > now);
+        if hit {
+            crate::metrics::dedup_hit(self.name, 1);
+        }
+        hit
+    }
+
+    /// Remember ids whose work succeeded.
+    pub fn remember<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        self.remember_at(ids, now_ms())
+    }
+
+    pub fn remember_at<'a>(&self, ids: impl IntoIterator<Item = &'a str>, now: u64) {
+        let exp = now + self.window_ms;
+        let mut fresh = Vec::new();
+        {
+            let mut mem = self.lock();
+            for id in ids {
+                if mem.expiry.insert(id.to_string(), exp).is_none() {
+                    mem.order.push_back(id.to_string());
+                }
+                fresh.push(id.to_string());
+            }
+            while mem.order.len() > self.max_entries {
+                if let Some(old) = mem.order.pop_front() {
+                    mem.expiry.remove(&old);
+                }
+            }
+        }
+        if let Some(db) = &self.db {
+            if let Err(e) = self.persist(db, &fresh, exp) {
+                tracing::warn!(store = self.name, error = %e, "cannot persist dedup ids");
+            }
+        }
+    }
+
+    fn persist(&self, db: &Database, ids: &[String], exp: u64) -> anyhow::Result<()> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::None);
+        {
+            let mut t = txn.open_table(self.table())?;
+            for id in ids {
+                t.insert(id.as_str(), exp)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Ids currently held in memory.
+    pub fn len(&self) -> usize {
+        self.lock().expiry.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for DedupStore {
+    /// A clean stop makes every remembered id durable.
+    fn drop(&mut self) {
+        if let Some(db) = &self.db {
+            if let Ok(mut txn) = db.begin_write() {
+                txn.set_durability(Durability::Immediate);
+                let _ = txn.commit();
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_and_bound() {
+        let s = DedupStore::open("t_window", Duration::from_secs(10), 3, None).unwrap();
+        s.remember_at(["a"], 1_000);
+        assert!(s.seen_at("a", 5_000));
+        assert!(!s.seen_at("a", 11_001), "expired after the window");
+        s.remember_at(["b", "c", "d"], 2_000);
+        assert_eq!(s.len(), 3);
+        assert!(!s.seen_at("a", 2_001), "oldest evicted beyond max_entries");
+        assert!(s.seen_at("d", 2_001));
+    }
+
+    #[test]
+    fn survives_reopen_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = DedupStore::open("t_disk", Duration::from_secs(3600), 100, Some(dir.path())).unwrap();
+            s.remember(["evt_1", "evt_2"]);
+        }
+        let s = DedupStore::open("t_disk", Duration::from_secs(3600), 100, Some(dir.path())).unwrap();
+        assert!(s.seen("evt_1") && s.seen("evt_2"));
+        assert!(!s.seen("evt_3"));
+    }
+}

@@ -76,6 +76,10 @@ pub struct ServerConfig {
     /// slow clients holding connections.
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// A client must send its request headers within this time (slowloris
+    /// protection); also bounds how long an idle keep-alive connection waits.
+    #[serde(default = "default_header_read_timeout_secs")]
+    pub header_read_timeout_secs: u64,
     /// Requests handled at once; beyond it the server answers 503 at once.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
@@ -98,6 +102,9 @@ fn default_listen() -> SocketAddr {
 fn default_request_timeout_secs() -> u64 {
     30
 }
+fn default_header_read_timeout_secs() -> u64 {
+    10
+}
 fn default_max_concurrent_requests() -> usize {
     4096
 }
@@ -113,6 +120,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             request_timeout_secs: default_request_timeout_secs(),
+            header_read_timeout_secs: default_header_read_timeout_secs(),
             max_concurrent_requests: default_max_concurrent_requests(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
             retry_after_secs: default_retry_after_secs(),

@@ -10,6 +10,7 @@
 //! | [`bus`] | the `Publisher` / `Subscriber` traits; `kafka`, `embedded` (redb log) and `memory` (test fake) backends |
 //! | [`forward`] | the consumer loop: mapping to Brevo calls, delivery (`Deliver` trait: HTTP or dry run), dead letters, acks |
 //! | [`dedup`] | bounded windowed id sets (webhook ids, Amplitude insert_ids), persisted beside the embedded log |
+//! | [`server`] | the HTTP accept loop: header-read deadline, peer address, graceful drain |
 //! | [`metrics`] | the name of every metric |
 //! | [`telemetry`] | structured logging |
 //!
@@ -23,9 +24,9 @@ pub mod event;
 pub mod forward;
 pub mod ingress;
 pub mod metrics;
+pub mod server;
 pub mod telemetry;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +71,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let bus = Bus::open(&config.bus).await.context("opening the bus")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let header_timeout = Duration::from_secs(config.server.header_read_timeout_secs);
 
     let server;
     if role.ingress() {
@@ -86,27 +88,13 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
         tracing::info!(listen = %listener.local_addr()?, "ingress listening");
-        let mut rx = stop_rx.clone();
-        server = Some(tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        }));
+        server = Some(tokio::spawn(server::serve(listener, app, stop_rx.clone(), header_timeout, grace)));
     } else {
         // A forwarder still serves health and metrics.
         let app = health_router(bus.clone(), handle.clone());
         let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
         tracing::info!(listen = %listener.local_addr()?, "health endpoint listening");
-        let mut rx = stop_rx.clone();
-        server = Some(tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        }));
+        server = Some(tokio::spawn(server::serve(listener, app, stop_rx.clone(), header_timeout, grace)));
     }
 
     let forwarder = if role.forwarder() {
@@ -127,9 +115,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let drain = async {
         if let Some(s) = server {
-            if let Ok(Err(e)) = s.await {
-                tracing::error!(error = %e, "server error");
-            }
+            let _ = s.await;
         }
         if let Some(f) = forwarder {
             match f.await {

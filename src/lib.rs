@@ -136,8 +136,6 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
 }
 
 fn health_router(bus: Bus, handle: metrics_exporter_prometheus::PrometheusHandle) -> axum::Router {
-    use axum::http::StatusCode;
-    use axum::response::IntoResponse;
     use axum::routing::get;
     let ready_bus = bus.clone();
     axum::Router::new()
@@ -146,15 +144,7 @@ fn health_router(bus: Bus, handle: metrics_exporter_prometheus::PrometheusHandle
             "/readyz",
             get(move || {
                 let bus = ready_bus.clone();
-                async move {
-                    match bus.publisher.ready().await {
-                        Ok(()) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
-                        Err(_) => {
-                            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "unavailable"})))
-                                .into_response()
-                        }
-                    }
-                }
+                async move { ingress::ready_response(bus.publisher.as_ref()).await }
             }),
         )
         .route("/metrics", get(move || async move { handle.render() }))

@@ -45,3 +45,13 @@ async fn ingress_publishes_and_a_separate_forwarder_delivers() {
     let ready = reqwest::get(format!("{}/readyz", forwarder.base)).await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarder_reports_readiness_in_metrics() {
+    let Some(brokers) = common::kafka_brokers() else { return };
+    let (yaml, _) = common::kafka_config(&brokers, "");
+    let fwd = Sluice::start("forward", &yaml);
+    assert_eq!(reqwest::get(format!("{}/readyz", fwd.base)).await.unwrap().status(), 200);
+    let metrics = reqwest::get(format!("{}/metrics", fwd.base)).await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "sluice_ready 1"), "{metrics}");
+}

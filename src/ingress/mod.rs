@@ -290,7 +290,12 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.publisher.ready().await {
+    ready_response(state.publisher.as_ref()).await
+}
+
+/// `/readyz` for every role: 200 when the bus is reachable and writable.
+pub async fn ready_response(publisher: &dyn Publisher) -> Response {
+    match publisher.ready().await {
         Ok(()) => {
             m::ready(true);
             axum::Json(serde_json::json!({"status": "ready"})).into_response()

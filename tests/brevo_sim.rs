@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+
+mod common;
 use sluice::sim::{self, EndpointClass, Fault, RateLimits, SimClock, SimConfig, SimHandle};
 
 const KEY: &str = "xkeysib-test";
@@ -577,12 +579,7 @@ async fn injected_delay_times_out_a_client_but_the_request_still_lands() {
     assert!(err.is_timeout());
     // The server finishes the request after the delay: a real timeout's
     // ambiguity, which the forwarder must survive without duplicating.
-    for _ in 0..100 {
-        if !sim.accepted_events().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(sim.wait_until(Duration::from_secs(5), |s| !s.accepted_events().is_empty()).await);
     assert_eq!(sim.accepted_events().len(), 1);
     assert_eq!(sim.recorded()[0].fault.as_deref(), Some("delay:400ms"));
 }
@@ -672,12 +669,7 @@ async fn injected_stall_times_out_a_client_and_the_request_is_lost() {
         .await
         .expect_err("the client gives up first");
     assert!(err.is_timeout());
-    for _ in 0..100 {
-        if !sim.recorded().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(sim.wait_until(Duration::from_secs(5), |s| !s.recorded().is_empty()).await);
     let rec = sim.recorded();
     assert_eq!((rec.len(), rec[0].status, rec[0].fault.as_deref()), (1, 504, Some("stall:300ms")));
     assert!(sim.accepted_events().is_empty(), "a stalled request is never processed");
@@ -685,4 +677,116 @@ async fn injected_stall_times_out_a_client_and_the_request_is_lost() {
     let r = http.post(format!("{}/events", sim.base_url())).header("api-key", KEY).json(&event(1)).send().await;
     assert_eq!(r.map(|r| r.status().as_u16()).ok(), Some(204));
     assert_eq!(sim.accepted_events().len(), 1);
+}
+
+// ------------------------------------------------------------------ binary
+
+/// The child process, killed however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn sluice_brevo_sim_serves_the_api_and_the_control_endpoints() {
+    let port = common::free_port();
+    let _child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["brevo-sim", "--listen", &format!("127.0.0.1:{port}"), "--api-key", KEY, "--plan", "professional"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn sluice brevo-sim"),
+    );
+    let http = reqwest::Client::new();
+    let root = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..400 {
+        if http.get(format!("{root}/_sim/stats")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(up, "brevo-sim did not start listening");
+    let r = http.post(format!("{root}/v3/events/batch")).header("api-key", KEY).json(&batch(3)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    // The professional preset: 20 per second.
+    assert_eq!(r.headers()["x-sib-ratelimit-limit"], "20");
+    let r = http.post(format!("{root}/v3/events")).json(&event(1)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let rec: Value = http.get(format!("{root}/_sim/recorded")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(rec["accepted_events"].as_array().map(Vec::len), Some(3));
+    assert_eq!(rec["stats"]["by_status"], json!({"202": 1, "401": 1}));
+}
+
+#[tokio::test]
+async fn clashing_identifiers_change_nothing() {
+    let sim = unlimited().await;
+    let c = Client::new(&sim);
+    c.post("/contacts", &json!({"email": "a@example.com", "attributes": {"SMS": "+33600000001"}})).await;
+    c.post("/contacts", &json!({"email": "b@example.com", "ext_id": "b"})).await;
+
+    // Upserting b with a's phone: refused, and b keeps its old state.
+    let r = c
+        .post(
+            "/contacts",
+            &json!({"email": "b@example.com", "updateEnabled": true, "attributes": {"FIRSTNAME": "B", "SMS": "+33600000001"}}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (400, "duplicate_parameter"));
+    assert!(sim.contact_by_email("b@example.com").unwrap().attributes.is_empty());
+
+    // Two batch items taking the same phone: the whole call is undone.
+    let r = c
+        .post(
+            "/contacts/batch",
+            &json!({"contacts": [
+                {"email": "b@example.com", "attributes": {"FIRSTNAME": "B", "SMS": "+33600000009"}},
+                {"email": "a@example.com", "attributes": {"SMS": "+33600000009"}}
+            ]}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (400, "duplicate_parameter"));
+    assert!(sim.contact_by_email("b@example.com").unwrap().attributes.is_empty());
+    assert_eq!(sim.contact_by_email("a@example.com").unwrap().attributes["SMS"], json!("+33600000001"));
+
+    // An import row clashing with another contact is skipped, the rest applied.
+    let r = c
+        .post(
+            "/contacts/import",
+            &json!({"jsonBody": [
+                {"email": "b@example.com", "attributes": {"EXT_ID": "taken", "SMS": "+33600000001"}},
+                {"email": "c@example.com", "attributes": {"FIRSTNAME": "C"}}
+            ], "listIds": [1]}),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    let report = &sim.imports()[0];
+    assert_eq!((report.created, report.updated, report.invalid), (1, 0, 1));
+    assert_eq!(sim.contact_by_email("b@example.com").unwrap().ext_id.as_deref(), Some("b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_never_exceed_the_budget() {
+    let limits = RateLimits { events: sim::Budget { per_second: Some(10), per_hour: None }, ..RateLimits::unlimited() };
+    let sim = sim::start(manual(limits)).await.unwrap();
+    let http = reqwest::Client::new();
+    let sends = (0..50).map(|i| {
+        let http = http.clone();
+        let url = format!("{}/events", sim.base_url());
+        tokio::spawn(async move {
+            http.post(url).header("api-key", KEY).json(&event(i)).send().await.map(|r| r.status().as_u16())
+        })
+    });
+    let statuses: Vec<u16> = futures::future::join_all(sends).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 204).count(), 10);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 40);
+    let stats = sim.stats();
+    assert_eq!(stats.class(EndpointClass::Events).max_in_any_second, 50, "the recording counts what was sent");
+    assert_eq!(sim.accepted_events().len(), 10);
 }

@@ -2,7 +2,7 @@
 //! import processes, with the identity rules the contacts endpoints enforce
 //! (email, `ext_id` and `SMS` each belong to at most one contact).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -103,6 +103,9 @@ pub struct IgnoredAttribute {
     pub wrong_type: u64,
 }
 
+/// Attributes holding phone numbers, each unique across contacts.
+pub const PHONE_ATTRIBUTES: [&str; 3] = ["SMS", "WHATSAPP", "LANDLINE_NUMBER"];
+
 /// How a contact is looked up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ident<'a> {
@@ -136,6 +139,9 @@ pub struct Duplicate {
 #[derive(Debug, Clone)]
 pub struct Account {
     contacts: BTreeMap<u64, Contact>,
+    /// Lower-cased email → contact id, so lookups stay cheap at bench scale.
+    by_email: HashMap<String, u64>,
+    by_ext_id: HashMap<String, u64>,
     next_contact_id: u64,
     pub lists: BTreeMap<u64, String>,
     next_list_id: u64,
@@ -150,6 +156,8 @@ impl Account {
         let next_list_id = lists.keys().max().map_or(1, |m| m + 1);
         Account {
             contacts: BTreeMap::new(),
+            by_email: HashMap::new(),
+            by_ext_id: HashMap::new(),
             next_contact_id: 1,
             lists,
             next_list_id,
@@ -171,11 +179,8 @@ impl Account {
     pub fn find(&self, ident: Ident<'_>) -> Option<u64> {
         match ident {
             Ident::Id(id) => self.contacts.contains_key(&id).then_some(id),
-            Ident::Email(e) => {
-                let e = e.to_lowercase();
-                self.contacts.values().find(|c| c.email.as_deref() == Some(e.as_str())).map(|c| c.id)
-            }
-            Ident::ExtId(x) => self.contacts.values().find(|c| c.ext_id.as_deref() == Some(x)).map(|c| c.id),
+            Ident::Email(e) => self.by_email.get(&e.to_lowercase()).copied(),
+            Ident::ExtId(x) => self.by_ext_id.get(x).copied(),
             Ident::Phone(attr, p) => {
                 self.contacts.values().find(|c| c.attributes.get(attr).and_then(Value::as_str) == Some(p)).map(|c| c.id)
             }
@@ -228,7 +233,11 @@ impl Account {
             return Err(Duplicate { field: "email" });
         }
         if let Some(c) = self.contacts.get_mut(&id) {
-            c.email = Some(email.to_lowercase());
+            let email = email.to_lowercase();
+            if let Some(old) = c.email.replace(email.clone()) {
+                self.by_email.remove(&old);
+            }
+            self.by_email.insert(email, id);
         }
         Ok(())
     }
@@ -238,7 +247,10 @@ impl Account {
             return Err(Duplicate { field: "ext_id" });
         }
         if let Some(c) = self.contacts.get_mut(&id) {
-            c.ext_id = Some(ext_id.to_string());
+            if let Some(old) = c.ext_id.replace(ext_id.to_string()) {
+                self.by_ext_id.remove(&old);
+            }
+            self.by_ext_id.insert(ext_id.to_string(), id);
         }
         Ok(())
     }
@@ -252,6 +264,36 @@ impl Account {
                 c.sms_blacklisted = b;
             }
         }
+    }
+
+    /// Whether giving contact `id` (or a new contact, `None`) these
+    /// identifiers and attribute values would take one another contact owns:
+    /// checked before applying anything, so a refused write changes nothing.
+    pub fn check_identity(
+        &self,
+        id: Option<u64>,
+        email: Option<&str>,
+        ext_id: Option<&str>,
+        attrs: &Map<String, Value>,
+    ) -> Result<(), Duplicate> {
+        let taken = |ident: Ident<'_>| self.find(ident).is_some_and(|owner| Some(owner) != id);
+        let attr = |k: &str| attrs.get(k).and_then(Value::as_str).filter(|v| !v.is_empty());
+        for e in [email, attr("EMAIL").filter(|e| is_email(e))].into_iter().flatten() {
+            if taken(Ident::Email(e)) {
+                return Err(Duplicate { field: "email" });
+            }
+        }
+        for x in [ext_id, attr("EXT_ID")].into_iter().flatten() {
+            if taken(Ident::ExtId(x)) {
+                return Err(Duplicate { field: "ext_id" });
+            }
+        }
+        for phone in PHONE_ATTRIBUTES {
+            if attr(phone).is_some_and(|p| taken(Ident::Phone(phone, p))) {
+                return Err(Duplicate { field: phone });
+            }
+        }
+        Ok(())
     }
 
     /// Apply attribute values. `EMAIL` and `EXT_ID` change identifiers;
@@ -297,7 +339,7 @@ impl Account {
                 self.ignored_attributes.entry(name.clone()).or_default().wrong_type += 1;
                 continue;
             }
-            for phone in ["SMS", "WHATSAPP", "LANDLINE_NUMBER"] {
+            for phone in PHONE_ATTRIBUTES {
                 if name == phone {
                     if let Some(p) = value.as_str() {
                         if self.owned_by_other(id, Ident::Phone(phone, p)) {
@@ -357,6 +399,25 @@ mod tests {
             a.apply_attributes(y, &attrs(json!({"SMS": "+33600000000"})), false),
             Err(Duplicate { field: "SMS" })
         );
+    }
+
+    #[test]
+    fn identity_is_checked_before_writing() {
+        let mut a = account();
+        let x = a.create();
+        a.set_email(x, "x@example.com").unwrap();
+        a.set_ext_id(x, "ext-x").unwrap();
+        let none = Map::new();
+        assert_eq!(a.check_identity(None, Some("X@example.com"), None, &none), Err(Duplicate { field: "email" }));
+        assert_eq!(a.check_identity(Some(x), Some("x@example.com"), Some("ext-x"), &none), Ok(()));
+        assert_eq!(
+            a.check_identity(None, None, None, &attrs(json!({"EXT_ID": "ext-x"}))),
+            Err(Duplicate { field: "ext_id" })
+        );
+        // Renaming frees the old email.
+        a.set_email(x, "renamed@example.com").unwrap();
+        assert_eq!(a.find(Ident::Email("x@example.com")), None);
+        assert_eq!(a.check_identity(None, Some("x@example.com"), None, &none), Ok(()));
     }
 
     #[test]

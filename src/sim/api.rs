@@ -335,24 +335,13 @@ fn create_contact(body: &Map<String, Value>, account: &mut Account) -> Result<Re
         let field = owners.last().map_or("email", |(f, _)| *f);
         return Err(Duplicate { field }.into());
     }
-    let snapshot = account.clone();
+    account.check_identity(existing.first().copied(), email, ext_id, attrs)?;
     let (id, status) = match existing.first() {
         Some(id) => (*id, StatusCode::NO_CONTENT),
         None => (account.create(), StatusCode::CREATED),
     };
-    let applied = (|| {
-        if let Some(e) = email {
-            account.set_email(id, e)?;
-        }
-        if let Some(x) = ext_id {
-            account.set_ext_id(id, x)?;
-        }
-        account.apply_attributes(id, attrs, false)
-    })();
-    if let Err(d) = applied {
-        *account = snapshot;
-        return Err(d.into());
-    }
+    // Cannot clash: checked just above.
+    apply_identity(account, id, email, ext_id, attrs, false);
     account.set_flags(id, email_bl, sms_bl);
     for l in list_ids {
         account.add_to_list(id, l);
@@ -419,6 +408,8 @@ fn update_batch(body: &Map<String, Value>, cx: Ctx<'_>) -> Result<Reply, Reply> 
         let flags = (v::flag(c, "emailBlacklisted")?, v::flag(c, "smsBlacklisted")?);
         plan.push((contact, attrs, ext_id, flags, add, unlink));
     }
+    // Items can clash with each other (two contacts given one SMS), which
+    // only shows while applying: keep a copy to undo the whole call.
     let snapshot = account.clone();
     for (id, attrs, ext_id, (ebl, sbl), add, unlink) in plan {
         let applied = (|| {
@@ -528,41 +519,34 @@ fn import(headers: &HeaderMap, body: &[u8], account: &mut Account) -> Result<Rep
             .and_then(|e| account.find(Ident::Email(e)))
             .or(ext_id.and_then(|x| account.find(Ident::ExtId(x))))
             .or(sms.and_then(|p| account.find(Ident::Phone("SMS", p))));
-        let id = match found {
+        match found {
             Some(_) if !update_existing => {
                 report.skipped_existing += 1;
                 continue;
             }
-            Some(id) => {
-                report.updated += 1;
-                id
-            }
             None if email.is_none() && ext_id.is_none() && sms.is_none() => {
                 report.invalid += 1;
                 continue;
+            }
+            _ => {}
+        }
+        // A row whose identifiers clash with another contact is skipped, as
+        // an import reports bad rows instead of failing the whole file.
+        if account.check_identity(found, email, ext_id, &attrs).is_err() {
+            report.invalid += 1;
+            continue;
+        }
+        let id = match found {
+            Some(id) => {
+                report.updated += 1;
+                id
             }
             None => {
                 report.created += 1;
                 account.create()
             }
         };
-        // A row whose identifiers clash with another contact is skipped, as
-        // an import reports bad rows instead of failing the whole file.
-        let snapshot = account.clone();
-        let applied = (|| {
-            if let Some(e) = email {
-                account.set_email(id, e)?;
-            }
-            if let Some(x) = ext_id {
-                account.set_ext_id(id, x)?;
-            }
-            account.apply_attributes(id, &attrs, empty_erases)
-        })();
-        if applied.is_err() {
-            *account = snapshot;
-            report.invalid += 1;
-            continue;
-        }
+        apply_identity(account, id, email, ext_id, &attrs, empty_erases);
         account.set_flags(id, email_bl, sms_bl);
         for l in &list_ids {
             account.add_to_list(id, *l);
@@ -571,6 +555,25 @@ fn import(headers: &HeaderMap, body: &[u8], account: &mut Account) -> Result<Rep
     let process_id = report.process_id;
     account.imports.push(report);
     Ok(Reply::json(StatusCode::ACCEPTED, json!({"processId": process_id})))
+}
+
+/// Set identifiers and attributes already cleared by
+/// [`Account::check_identity`], so they cannot clash.
+fn apply_identity(
+    account: &mut Account,
+    id: u64,
+    email: Option<&str>,
+    ext_id: Option<&str>,
+    attrs: &Map<String, Value>,
+    empty_erases: bool,
+) {
+    if let Some(e) = email {
+        let _ = account.set_email(id, e);
+    }
+    if let Some(x) = ext_id {
+        let _ = account.set_ext_id(id, x);
+    }
+    let _ = account.apply_attributes(id, attrs, empty_erases);
 }
 
 /// `fileBody`: semicolon-separated CSV whose header names the attributes

@@ -35,9 +35,11 @@ pub enum FaultKind {
     PartialFailure { event_indexes: Vec<usize> },
 }
 
-/// One queued fault.
+/// One queued fault. Serializes flat, in the same shape `POST /_sim/faults`
+/// accepts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Fault {
+    #[serde(flatten)]
     pub kind: FaultKind,
     /// How many matching requests it affects (at least 1).
     pub times: u32,
@@ -240,5 +242,8 @@ mod tests {
         assert!(parse(r#"{"kind":"explode"}"#).is_err());
         // A typo must not silently fall back to a default.
         assert!(parse(r#"{"kind":"server_error","time":3}"#).is_err());
+        // What the control API lists can be posted back.
+        let shown = serde_json::to_string(&Fault::partial_failure(vec![2]).on(EndpointClass::Events)).unwrap();
+        assert_eq!(parse(&shown).unwrap(), Fault::partial_failure(vec![2]).on(EndpointClass::Events));
     }
 }

@@ -662,6 +662,21 @@ impl SimHandle {
         st.accepted.clear();
     }
 
+    /// Poll (every 10 ms, real time) until `done` holds or `within` passes;
+    /// returns whether it held. For tests whose client runs in the background.
+    pub async fn wait_until(&self, within: Duration, done: impl Fn(&SimHandle) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if done(self) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The simulator's clock (advance it when built with [`SimClock::manual`]).
     pub fn clock(&self) -> SimClock {
         self.shared.clock.clone()

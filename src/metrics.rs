@@ -100,8 +100,9 @@ pub fn decompression(source: &'static str, compressed: usize, inflated: usize) {
     }
 }
 
-/// A duplicate suppressed at `stage` (`amplitude_insert_id`, `webhook_id`,
-/// `forwarder`).
+/// A duplicate suppressed at `stage` (`amplitude_insert_id`,
+/// `webhook_<source name>` — one per configured webhook source, so bounded
+/// by the config — `forwarder`).
 pub fn dedup_hit(stage: &'static str, n: usize) {
     counter!(DEDUP_HITS, "stage" => stage).increment(n as u64);
 }

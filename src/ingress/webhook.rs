@@ -161,8 +161,8 @@ impl WebhookState {
 }
 
 /// [`DedupStore`] names are `&'static str` (its metric label and on-disk
-/// table): one interned name per source, so building the state again (tests)
-/// does not allocate again.
+/// table). Each distinct source name is leaked once, on purpose: the set is
+/// bounded by the config, and building the state again (tests) reuses it.
 fn store_name(source: &str) -> &'static str {
     static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
     let name = format!("webhook_{source}");

@@ -175,9 +175,7 @@ pub fn encode(json: &[u8], wire: Wire) -> Encoded {
         Wire::Json => post("", vec![ct("application/json")], json.to_vec()),
         Wire::TextPlain => post("", vec![ct("text/plain")], json.to_vec()),
         Wire::GzipQuery => post("compression=gzip-js&ip=1", vec![ct("text/plain")], gzip(json)),
-        Wire::GzipHeader => {
-            post("", vec![ct("application/json"), ("content-encoding", "gzip".into())], gzip(json))
-        }
+        Wire::GzipHeader => post("", vec![ct("application/json"), ("content-encoding", "gzip".into())], gzip(json)),
         Wire::GzipSniffed => post("", vec![ct("text/plain")], gzip(json)),
         Wire::Base64Body => post("", vec![ct("text/plain")], b64(json).into_bytes()),
         Wire::Base64Query => post("compression=base64", vec![ct("text/plain")], b64(json).into_bytes()),
@@ -189,11 +187,9 @@ pub fn encode(json: &[u8], wire: Wire) -> Encoded {
             let raw = b64(json).replace('/', "%2F").replace('=', "%3D");
             post("", vec![ct(FORM)], format!("data={raw}").into_bytes())
         }
-        Wire::FormLz64 => post(
-            "",
-            vec![ct(FORM)],
-            form(&[("data", &lz_str::compress_to_base64(text)), ("compression", "lz64")]),
-        ),
+        Wire::FormLz64 => {
+            post("", vec![ct(FORM)], form(&[("data", &lz_str::compress_to_base64(text)), ("compression", "lz64")]))
+        }
         Wire::Lz64Query => {
             post("compression=lz-string", vec![ct("text/plain")], lz_str::compress_to_base64(text).into_bytes())
         }

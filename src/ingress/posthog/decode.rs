@@ -94,6 +94,8 @@ pub fn payload<'b>(facts: &RequestFacts<'_>, body: &'b [u8]) -> Result<Cow<'b, [
         Some(Compression::Gzip) => Cow::Owned(gunzip(&raw)?),
         _ if raw.starts_with(&GZIP_MAGIC) => Cow::Owned(gunzip(&raw)?),
         Some(Compression::Lz64) => Cow::Owned(lz64_text(&raw)?.into_bytes()),
+        // Already unwrapped by the whole-body step above.
+        Some(Compression::Base64) if !looks_like_base64(&raw, false) => raw,
         Some(Compression::Base64) => {
             let bytes = base64_decode(&raw).ok_or_else(|| malformed("invalid_base64", "payload is not base64"))?;
             if bytes.starts_with(&GZIP_MAGIC) {

@@ -52,8 +52,13 @@ pub fn payload<'b>(facts: &RequestFacts<'_>, body: &'b [u8]) -> Result<Cow<'b, [
         None => return Err(malformed("empty_payload", "the request carries no payload")),
     };
 
-    // A whole body in base64 (some clients wrap everything once more).
-    let raw = if !looks_like_form(&raw) && looks_like_base64(&raw, false) {
+    let query_hint = facts.query_param("compression").and_then(|c| Compression::parse(&c));
+    let header_hint = facts.header("content-encoding").and_then(Compression::parse);
+
+    // A whole body in base64 (some clients wrap everything once more). An
+    // LZ-string payload is base64 text too, and must stay as it is.
+    let lz64_hinted = query_hint.or(header_hint) == Some(Compression::Lz64);
+    let raw = if !lz64_hinted && !looks_like_form(&raw) && looks_like_base64(&raw, false) {
         match base64_decode(&raw) {
             Some(bytes) => Cow::Owned(bytes),
             None => raw,
@@ -83,11 +88,7 @@ pub fn payload<'b>(facts: &RequestFacts<'_>, body: &'b [u8]) -> Result<Cow<'b, [
         raw
     };
 
-    let hint = facts
-        .query_param("compression")
-        .and_then(|c| Compression::parse(&c))
-        .or(form_compression)
-        .or_else(|| facts.header("content-encoding").and_then(Compression::parse));
+    let hint = query_hint.or(form_compression).or(header_hint);
 
     let compressed_len = raw.len();
     let mut text: Cow<'b, [u8]> = match hint {

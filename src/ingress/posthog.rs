@@ -24,7 +24,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -196,9 +196,6 @@ async fn capture(State(state): State<AppState>, req: Request) -> Response {
 
 /// Decode, validate, publish, answer: the v0 capture request cycle.
 pub async fn handle(state: &AppState, raw: RawRequest) -> Response {
-    if raw.method == Method::OPTIONS {
-        return ok(false);
-    }
     let facts = RequestFacts::of(&raw);
     let events = match decode(&state.posthog, &facts, &raw.body, state.clock.now()) {
         Ok(e) => e,

@@ -16,6 +16,9 @@ use crate::bus::BusError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Posthog,
+    /// PostHog's capture v1 (`/i/v1/analytics/events`):
+    /// `{error, error_description, error_uri}`.
+    PosthogV1,
     Amplitude,
     Webhook,
 }
@@ -64,6 +67,9 @@ pub enum IngressError {
     /// The route exists but not for this method (405).
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A content type or content encoding the route does not speak (415).
+    #[error("{message}")]
+    Unsupported { code: &'static str, message: String },
 }
 
 impl IngressError {
@@ -80,6 +86,7 @@ impl IngressError {
             IngressError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngressError::Unavailable { .. } | IngressError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IngressError::Unsupported { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -98,6 +105,7 @@ impl IngressError {
             IngressError::Internal(_) => "internal",
             IngressError::InvalidApiKey { .. } => "invalid_api_key",
             IngressError::MethodNotAllowed => "method_not_allowed",
+            IngressError::Unsupported { code, .. } => code,
         }
     }
 
@@ -119,6 +127,11 @@ impl IngressError {
         };
         let body = match dialect {
             Dialect::Amplitude => self.amplitude_body(status, message),
+            Dialect::PosthogV1 => json!({
+                "error": self.reason(),
+                "error_description": message,
+                "error_uri": "https://posthog.com/docs/api",
+            }),
             Dialect::Posthog | Dialect::Webhook => {
                 let kind = match status.as_u16() {
                     401 => "authentication_error",

@@ -214,6 +214,7 @@ async fn cors_preflight_and_headers_on_every_route() {
     let origin = "https://shop.example";
     let mut paths = routes();
     paths.push("/i/v1/analytics/events".into());
+    paths.push("/i/v1/analytics/events/".into());
     for path in &paths {
         let req = Request::builder()
             .method("OPTIONS")

@@ -37,7 +37,6 @@ use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 use super::{publish, refuse, AppState, Dialect, IngressError, RawRequest};
 use crate::config::Config;
 use crate::event::{new_id, Event, Library};
-pub use decode::Compression;
 pub use normalize::{kind_of, parse_time, DISTINCT_ID_MAX_CHARS};
 
 /// Body limit on `/batch` and the v1 route (PostHog: 20 MiB).
@@ -175,9 +174,10 @@ pub fn routes() -> Router<AppState> {
     r.layer(cors())
 }
 
-/// PostHog JS runs on the customer's origin and sends cookies-less requests
-/// with `credentials: include` in some versions, so the origin is reflected
-/// (never `*`) and credentials allowed. Every OPTIONS is answered here.
+/// posthog-js runs on the customer's own origin, and some of its transports
+/// send credentialed requests; a credentialed response must name the origin
+/// (never `*`), so the caller's origin, method and headers are reflected, as
+/// PostHog does. Every OPTIONS is answered by this layer.
 pub fn cors() -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::mirror_request())
@@ -237,7 +237,7 @@ struct Envelope<'a> {
 
 /// A parsed v0 body: the events, and the envelope's fields when the body
 /// was the batch envelope.
-struct Body<'a> {
+struct ParsedBody<'a> {
     items: Vec<&'a RawValue>,
     envelope: Option<BatchMeta>,
 }
@@ -249,14 +249,14 @@ struct BatchMeta {
     historical_migration: bool,
 }
 
-fn parse_body(text: &str) -> Result<Body<'_>, IngressError> {
+fn parse_body(text: &str) -> Result<ParsedBody<'_>, IngressError> {
     let invalid = |e: serde_json::Error| malformed("invalid_payload", format!("invalid JSON: {e}"));
     match text.trim_start().as_bytes().first() {
-        Some(b'[') => Ok(Body { items: serde_json::from_str(text).map_err(invalid)?, envelope: None }),
+        Some(b'[') => Ok(ParsedBody { items: serde_json::from_str(text).map_err(invalid)?, envelope: None }),
         Some(b'{') => {
             let env: Envelope<'_> = serde_json::from_str(text).map_err(invalid)?;
             match env.batch {
-                Some(items) => Ok(Body {
+                Some(items) => Ok(ParsedBody {
                     items,
                     envelope: Some(BatchMeta {
                         token: env.api_key.or(env.token).filter(|t| !t.is_null()),
@@ -269,7 +269,7 @@ fn parse_body(text: &str) -> Result<Body<'_>, IngressError> {
                         historical_migration: matches!(env.historical_migration, Some(Value::Bool(true))),
                     }),
                 }),
-                None => Ok(Body { items: vec![serde_json::from_str(text).map_err(invalid)?], envelope: None }),
+                None => Ok(ParsedBody { items: vec![serde_json::from_str(text).map_err(invalid)?], envelope: None }),
             }
         }
         _ => Err(malformed("invalid_payload", "expected a JSON object or array")),

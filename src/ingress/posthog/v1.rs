@@ -232,7 +232,7 @@ pub fn decode(
     let token = policy.check_token(token)?;
 
     let content_type = header("content-type")?;
-    if content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase() != "application/json" {
+    if !content_type.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") {
         return Err(IngressError::Unsupported {
             code: "unsupported_content_type",
             message: format!("unsupported content type: {content_type}"),

@@ -64,7 +64,10 @@ async fn sdk_normal_tracking_over_http_v2_and_batch() {
         let revenue = run.envelopes.iter().find(|e| e.id == "sdk-revenue-0").expect("revenue envelope");
         assert_eq!((revenue.kind, revenue.name.as_str()), (Kind::Track, "revenue_amount"));
         let r = revenue.revenue.as_ref().expect("typed revenue");
-        assert_eq!((r.price, r.quantity, r.amount, r.product_id.as_deref()), (Some(3.5), Some(2), Some(7.0), Some("prod-1")));
+        assert_eq!(
+            (r.price, r.quantity, r.amount, r.product_id.as_deref()),
+            (Some(3.5), Some(2), Some(7.0), Some("prod-1"))
+        );
 
         let e = run.envelopes.iter().find(|e| e.id == "sdk-track-3").expect("track envelope");
         assert_eq!((e.kind, e.name.as_str(), e.project.as_str()), (Kind::Track, "Song Played", KEY));

@@ -58,8 +58,9 @@ const INVALID_IDS: &[&str] = &[
 const NUMBER_FIELDS: &[&str] = &["price", "revenue", "location_lat", "location_lng"];
 const INTEGER_FIELDS: &[&str] = &["quantity", "session_id", "event_id"];
 const OBJECT_FIELDS: &[&str] = &["event_properties", "user_properties", "groups", "group_properties", "plan"];
-/// Fields whose type is checked by name above or below; others only get the
-/// string-length and depth walk.
+/// Documented string fields whose type is enforced. The other documented
+/// strings are not: refusing what Amplitude coerces would make SDKs drop
+/// events Amplitude keeps.
 const STRING_FIELDS: &[&str] = &["event_type", "insert_id"];
 
 /// A parsed upload request (`/2/httpapi`, `/batch`), events not yet checked.

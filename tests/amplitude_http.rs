@@ -126,6 +126,12 @@ async fn request_level_refusals() {
             json!({"code": 400, "error": "Invalid JSON request body"}),
         ),
         (
+            "an array shaped like the fields",
+            json!([KEY, [good(0)], null]).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!({"code": 400, "error": "Invalid JSON request body"}),
+        ),
+        (
             "events not an array",
             json!({"api_key": KEY, "events": "x"}).to_string(),
             StatusCode::BAD_REQUEST,

@@ -37,11 +37,17 @@ struct Harness {
 
 impl Harness {
     fn new(amplitude_yaml: &str) -> Harness {
+        Harness::build(amplitude_yaml, None)
+    }
+
+    /// `data_dir` persists the dedup window, as with the embedded bus.
+    fn build(amplitude_yaml: &str, data_dir: Option<&std::path::Path>) -> Harness {
         let yaml = format!("connectors:\n  amplitude:\n{amplitude_yaml}");
         let config = Config::from_yaml(&yaml, "test.yaml", &|_| None).expect("config");
         let bus = MemoryBus::new();
         let clock = Arc::new(TestClock(Mutex::new(DateTime::from_timestamp_millis(NOW_MS).unwrap())));
-        let state = AppState::new(Arc::new(config), Arc::new(bus.clone()), clock.clone(), None, None).expect("state");
+        let state =
+            AppState::new(Arc::new(config), Arc::new(bus.clone()), clock.clone(), None, data_dir).expect("state");
         Harness { app: ingress::router(state), bus, clock }
     }
 
@@ -116,6 +122,12 @@ async fn request_level_refusals() {
         (
             "a JSON array",
             "[1,2]".into(),
+            StatusCode::BAD_REQUEST,
+            json!({"code": 400, "error": "Invalid JSON request body"}),
+        ),
+        (
+            "an array shaped like the fields",
+            json!([KEY, [good(0)], null]).to_string(),
             StatusCode::BAD_REQUEST,
             json!({"code": 400, "error": "Invalid JSON request body"}),
         ),
@@ -426,6 +438,20 @@ async fn insert_id_duplicates_are_acknowledged_but_not_republished() {
         assert_eq!(h2.post("/2/httpapi", body).await.0, StatusCode::OK);
     }
     assert_eq!(h2.published().len(), 2);
+}
+
+#[tokio::test]
+async fn insert_ids_survive_a_restart_with_a_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = upload(vec![json!({"event_type": "e", "device_id": "device-1", "insert_id": "ins-restart"})]);
+    let first = Harness::build(&format!("    api_keys: [\"{KEY}\"]\n"), Some(dir.path()));
+    assert_eq!(first.post("/2/httpapi", &body).await, (StatusCode::OK, ok_body(1, &body)));
+    assert_eq!(first.published().len(), 1);
+    drop(first);
+    // A fresh state on the same directory, as after a restart of an embedded-bus process.
+    let second = Harness::build(&format!("    api_keys: [\"{KEY}\"]\n"), Some(dir.path()));
+    assert_eq!(second.post("/2/httpapi", &body).await, (StatusCode::OK, ok_body(1, &body)));
+    assert!(second.published().is_empty(), "acknowledged, not published again");
 }
 
 #[tokio::test]

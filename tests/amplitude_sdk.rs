@@ -36,6 +36,22 @@ async fn run(script: &str, path: &str, expect: usize) -> Option<Run> {
         .expect("python task");
     let report: Value = serde_json::from_str(out.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("{script} printed no report ({e}):\n{out}\nsluice log:\n{}", sluice.logs()));
+    // An unknown key is answered like Amplitude (the SDK matches the
+    // prefix), and neither it nor the configured key reaches the log.
+    let wrong = "wrong-key-never-logged";
+    let resp = reqwest::Client::new()
+        .post(format!("{}/2/httpapi", sluice.base))
+        .json(&json!({"api_key": wrong, "events": [{"event_type": "e", "user_id": "user-00001"}]}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: Value = resp.json().await.expect("JSON body");
+    assert_eq!(body, json!({"code": 400, "error": format!("Invalid API key: {wrong}")}));
+    let logs = sluice.logs();
+    assert!(logs.contains("invalid_api_key"), "the refusal is logged with its reason:\n{logs}");
+    assert!(!logs.contains(KEY) && !logs.contains(wrong), "an API key reached the log:\n{logs}");
+
     // Ask for one more than expected: anything beyond `expect` would be a
     // duplicate or a leaked invalid event (the read then runs its full wait).
     let mut envelopes = common::read_events(&brokers, &topic, expect + 1, Duration::from_secs(20)).await;

@@ -53,6 +53,9 @@ pub enum IngressError {
     /// The bus refused or timed out; the client should retry (503).
     #[error("event bus unavailable")]
     Unavailable { retry_after_secs: u64 },
+    /// The whole request took longer than `server.request_timeout_secs` (408).
+    #[error("request timeout")]
+    Timeout,
     /// Concurrency cap reached (503).
     #[error("server overloaded")]
     Overloaded { retry_after_secs: u64 },
@@ -83,6 +86,7 @@ impl IngressError {
             IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             IngressError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             IngressError::UnknownSource => StatusCode::NOT_FOUND,
+            IngressError::Timeout => StatusCode::REQUEST_TIMEOUT,
             IngressError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngressError::Unavailable { .. } | IngressError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -99,6 +103,7 @@ impl IngressError {
             IngressError::InvalidEvents { .. } => "invalid_events",
             IngressError::Unauthorized { code, .. } => code,
             IngressError::UnknownSource => "unknown_source",
+            IngressError::Timeout => "timeout",
             IngressError::Throttled { .. } => "throttled",
             IngressError::Unavailable { .. } => "bus_unavailable",
             IngressError::Overloaded { .. } => "overloaded",

@@ -1,0 +1,345 @@
+//! The forwarder loop: bus → mapping → lanes → Brevo → acknowledgement.
+//!
+//! * Each polled envelope is decoded, checked against recently delivered ids
+//!   (duplicates are acknowledged and counted, not sent), mapped, and its
+//!   operations are added to the lane its user hashes to.
+//! * A lane with ready requests and nothing in flight hands them to the
+//!   [`Sender`] as one task; a lane has at most one task, which is what keeps
+//!   each user's calls in order while the other lanes keep the rate budget busy.
+//! * An envelope is finished when every operation it produced is settled. Only
+//!   then is it acknowledged: after Brevo accepted all of it, or after its
+//!   dead letter was durably published. Its id is remembered only when
+//!   delivered, so a replayed dead letter is not taken for a duplicate.
+//! * Memory is bounded: past `max_buffered` unfinished envelopes the loop
+//!   stops polling until work completes.
+//! * On shutdown polling stops, in-flight requests finish their current
+//!   attempt, nothing is retried, and whatever is not settled stays
+//!   unacknowledged for the next start (at-least-once).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::batcher::{BatchLimits, EnvelopeId, Lane};
+use super::brevo::Deliver;
+use super::delivery::{Backoff, Sender, SlotResult};
+use super::dlq;
+use super::limiter::RateLimiter;
+use super::mapping::{map_event, Mapped};
+use crate::bus::{Bus, Message, Position, Publisher, Subscriber, Topic};
+use crate::config::Config;
+use crate::dedup::DedupStore;
+use crate::event::{DeadLetter, Event, SCHEMA_VERSION};
+use crate::metrics as m;
+
+/// Messages asked of the bus per poll.
+const POLL_MAX: usize = 1000;
+/// Longest wait inside one poll; other work interrupts it anyway.
+const POLL_WAIT: Duration = Duration::from_secs(1);
+
+/// An envelope between poll and acknowledgement.
+struct Unfinished {
+    position: Position,
+    event: Event,
+    /// Item slots still waiting for a result.
+    slots: usize,
+    /// The first permanent failure of any of its operations.
+    failure: Option<(&'static str, String)>,
+    /// Some operation was given up at shutdown: leave it unacknowledged.
+    abandoned: bool,
+}
+
+struct Forwarder {
+    config: Arc<Config>,
+    linger: Duration,
+    lanes: Vec<Lane>,
+    /// Whether each lane has a send task running.
+    busy: Vec<bool>,
+    unfinished: HashMap<EnvelopeId, Unfinished>,
+    /// Ids of unfinished envelopes: a duplicate polled while the first copy
+    /// is still on its way is suppressed too.
+    ids_in_flight: HashSet<String>,
+    next_handle: EnvelopeId,
+    dedup: Arc<DedupStore>,
+    sender: Arc<Sender>,
+    tasks: JoinSet<(usize, Vec<(EnvelopeId, SlotResult)>)>,
+    max_buffered: usize,
+    stopping: watch::Sender<bool>,
+}
+
+/// Run the forwarder until `shutdown` flips to true (or its sender is
+/// dropped), with the given delivery hop and duplicate window.
+pub async fn run_with(
+    config: Arc<Config>,
+    bus: Bus,
+    deliver: Arc<dyn Deliver>,
+    dedup: Arc<DedupStore>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut sub = bus.subscribe(Topic::Events).await?;
+    let publisher = bus.publisher.clone();
+    let brevo = &config.brevo;
+    let (stopping, stop_rx) = watch::channel(false);
+    let limiter = Arc::new(RateLimiter::new(brevo));
+    let sender = Arc::new(Sender::new(deliver, limiter, Backoff::from_config(brevo), stop_rx));
+    let limits = BatchLimits::from_config(brevo);
+    let lanes = brevo.concurrency.max(1);
+    let mut fw = Forwarder {
+        linger: Duration::from_millis(brevo.linger_ms),
+        lanes: (0..lanes).map(|_| Lane::new(limits)).collect(),
+        busy: vec![false; lanes],
+        unfinished: HashMap::new(),
+        ids_in_flight: HashSet::new(),
+        next_handle: 0,
+        dedup,
+        sender,
+        tasks: JoinSet::new(),
+        max_buffered: (lanes * limits.max_events * 4).max(1000),
+        stopping,
+        config: config.clone(),
+    };
+    tracing::info!(
+        dry_run = !brevo.api_key.as_ref().is_some_and(|k| !k.is_empty()),
+        lanes,
+        events_budget = ?super::limiter::budget(brevo, super::brevo::EndpointClass::Events),
+        contacts_budget = ?super::limiter::budget(brevo, super::brevo::EndpointClass::Contacts),
+        "forwarder started"
+    );
+    let mut stopping = *shutdown.borrow();
+    loop {
+        if !stopping {
+            fw.start_ready(Instant::now());
+        }
+        if stopping && fw.tasks.is_empty() {
+            break;
+        }
+        let deadline = if stopping { None } else { fw.next_deadline() };
+        let room = fw.max_buffered.saturating_sub(fw.unfinished.len());
+        tokio::select! {
+            biased;
+            changed = shutdown.changed(), if !stopping => {
+                if changed.is_err() || *shutdown.borrow() {
+                    stopping = true;
+                    let _ = fw.stopping.send(true);
+                    tracing::info!(unfinished = fw.unfinished.len(), "forwarder stopping: finishing in-flight requests");
+                }
+            }
+            Some(joined) = fw.tasks.join_next(), if !fw.tasks.is_empty() => {
+                let (lane, results) = joined.map_err(|e| anyhow::anyhow!("a Brevo send task failed: {e}"))?;
+                fw.busy[lane] = false;
+                fw.complete(results, sub.as_mut(), publisher.as_ref()).await;
+            }
+            polled = sub.poll(room.min(POLL_MAX), POLL_WAIT), if !stopping && room > 0 => match polled {
+                Ok(msgs) => fw.accept(msgs, sub.as_mut(), publisher.as_ref()).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bus poll failed; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+        }
+    }
+    if let Err(e) = sub.commit().await {
+        tracing::warn!(error = %e, "final commit failed; unacknowledged events will be delivered again");
+    }
+    tracing::info!(unacknowledged = fw.unfinished.len(), "forwarder stopped");
+    Ok(())
+}
+
+impl Forwarder {
+    fn lane_of(&self, user: &str) -> usize {
+        let mut h = DefaultHasher::new();
+        user.hash(&mut h);
+        (h.finish() % self.lanes.len() as u64) as usize
+    }
+
+    /// Hand every idle lane's ready requests to a send task.
+    fn start_ready(&mut self, now: Instant) {
+        for i in 0..self.lanes.len() {
+            if self.busy[i] {
+                continue;
+            }
+            let batches = self.lanes[i].take_ready(now, self.linger, false);
+            if batches.is_empty() {
+                continue;
+            }
+            self.busy[i] = true;
+            let sender = self.sender.clone();
+            self.tasks.spawn(async move { (i, sender.send_all(batches).await) });
+        }
+    }
+
+    /// When an idle lane next has something ready.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.lanes
+            .iter()
+            .zip(&self.busy)
+            .filter(|(_, busy)| !**busy)
+            .filter_map(|(lane, _)| lane.next_deadline(self.linger))
+            .min()
+    }
+
+    /// Decode, deduplicate and map polled messages; settle at once what
+    /// needs no Brevo call.
+    async fn accept(&mut self, msgs: Vec<Message>, sub: &mut dyn Subscriber, publisher: &dyn Publisher) {
+        let now = Instant::now();
+        let mut acks = Vec::new();
+        let mut letters = Vec::new();
+        for msg in msgs {
+            let ev = match Event::from_payload(&msg.payload) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    letters.push((msg.position, letter("undecodable", e.to_string(), None, Some(&msg.payload))));
+                    continue;
+                }
+            };
+            if ev.schema != SCHEMA_VERSION {
+                let detail = format!("envelope schema {:?}, this forwarder reads {SCHEMA_VERSION:?}", ev.schema);
+                letters.push((msg.position, letter("unsupported_schema", detail, Some(ev), None)));
+                continue;
+            }
+            if self.ids_in_flight.contains(&ev.id) {
+                m::dedup_hit("forwarder", 1);
+                acks.push(msg.position);
+                continue;
+            }
+            if self.dedup.seen(&ev.id) {
+                acks.push(msg.position);
+                continue;
+            }
+            match map_event(&self.config, &ev) {
+                Mapped::Skip(reason) => {
+                    m::forward_skipped(ev.source.as_str(), reason, 1);
+                    acks.push(msg.position);
+                }
+                Mapped::Dead { reason, detail } => {
+                    letters.push((msg.position, letter(reason, detail, Some(ev), None)));
+                }
+                Mapped::Ops { user, ops } => {
+                    let lane = self.lane_of(&user);
+                    if let Err(e) = self.lanes[lane].check(&ops) {
+                        letters.push((msg.position, letter("too_large", e.to_string(), Some(ev), None)));
+                        continue;
+                    }
+                    let handle = self.next_handle;
+                    self.next_handle += 1;
+                    let slots = self.lanes[lane].push(handle, &user, ops, now);
+                    self.ids_in_flight.insert(ev.id.clone());
+                    self.unfinished.insert(
+                        handle,
+                        Unfinished { position: msg.position, event: ev, slots, failure: None, abandoned: false },
+                    );
+                }
+            }
+        }
+        self.settle(letters, acks, sub, publisher).await;
+    }
+
+    /// Results of one send task.
+    async fn complete(
+        &mut self,
+        results: Vec<(EnvelopeId, SlotResult)>,
+        sub: &mut dyn Subscriber,
+        publisher: &dyn Publisher,
+    ) {
+        let mut finished = Vec::new();
+        for (handle, result) in results {
+            let Some(u) = self.unfinished.get_mut(&handle) else { continue };
+            u.slots = u.slots.saturating_sub(1);
+            match result {
+                SlotResult::Done => {}
+                SlotResult::Failed { reason, detail } => {
+                    u.failure.get_or_insert((reason, detail));
+                }
+                SlotResult::Abandoned => u.abandoned = true,
+            }
+            if u.slots == 0 {
+                finished.push(handle);
+            }
+        }
+        let mut acks = Vec::new();
+        let mut letters = Vec::new();
+        let mut delivered: HashMap<&'static str, Vec<Duration>> = HashMap::new();
+        let mut delivered_ids = Vec::new();
+        let now = chrono::Utc::now();
+        for handle in finished {
+            let Some(u) = self.unfinished.remove(&handle) else { continue };
+            self.ids_in_flight.remove(&u.event.id);
+            if u.abandoned {
+                continue;
+            }
+            match u.failure {
+                Some((reason, detail)) => letters.push((u.position, letter(reason, detail, Some(u.event), None))),
+                None => {
+                    let latency = (now - u.event.received_at).to_std().unwrap_or_default();
+                    delivered.entry(u.event.source.as_str()).or_default().push(latency);
+                    acks.push(u.position);
+                    delivered_ids.push(u.event.id);
+                }
+            }
+        }
+        // Remembered before the ack: a crash between the two redelivers
+        // envelopes Brevo already has, and the dedup window suppresses them.
+        self.dedup.remember(delivered_ids.iter().map(String::as_str));
+        self.settle(letters, acks, sub, publisher).await;
+        for (source, latencies) in delivered {
+            m::delivered(source, latencies);
+        }
+    }
+
+    /// Publish dead letters durably, then acknowledge them with `acks`.
+    async fn settle(
+        &self,
+        letters: Vec<(Position, DeadLetter)>,
+        mut acks: Vec<Position>,
+        sub: &mut dyn Subscriber,
+        publisher: &dyn Publisher,
+    ) {
+        if !letters.is_empty() {
+            let (positions, letters): (Vec<Position>, Vec<DeadLetter>) = letters.into_iter().unzip();
+            let mut attempt = 0u32;
+            loop {
+                match dlq::publish(publisher, &letters).await {
+                    Ok(()) => {
+                        for l in &letters {
+                            tracing::warn!(reason = %l.reason, detail = %l.detail, event_id = l.event.as_ref().map(|e| e.id.as_str()), "dead-lettered");
+                        }
+                        acks.extend(positions);
+                        break;
+                    }
+                    Err(e) if *self.stopping.borrow() => {
+                        tracing::warn!(error = %e, "cannot publish dead letters while stopping; their events stay unacknowledged");
+                        break;
+                    }
+                    Err(e) => {
+                        attempt += 1;
+                        let d = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5)));
+                        tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot publish dead letters; retrying");
+                        tokio::time::sleep(d).await;
+                    }
+                }
+            }
+        }
+        if !acks.is_empty() {
+            if let Err(e) = sub.ack(&acks).await {
+                tracing::warn!(error = %e, "acknowledging failed; these events will be delivered again and deduplicated");
+            }
+        }
+    }
+}
+
+fn letter(reason: &str, detail: String, event: Option<Event>, raw: Option<&[u8]>) -> DeadLetter {
+    DeadLetter {
+        reason: reason.to_string(),
+        detail,
+        failed_at: chrono::Utc::now(),
+        event,
+        raw: raw.map(|r| String::from_utf8_lossy(r).into_owned()),
+    }
+}

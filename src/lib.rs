@@ -12,6 +12,7 @@
 //! | [`dedup`] | bounded windowed id sets (webhook ids, Amplitude insert_ids), persisted beside the embedded log |
 //! | [`metrics`] | the name of every metric |
 //! | [`telemetry`] | structured logging |
+//! | [`sim`] | the Brevo simulator (`sluice brevo-sim`): a faithful fake of the API for tests and local development |
 //!
 //! [`run`] wires them for a [`Role`]: `serve` (both halves), `ingress`, or
 //! `forward`, and owns graceful shutdown.
@@ -23,6 +24,7 @@ pub mod event;
 pub mod forward;
 pub mod ingress;
 pub mod metrics;
+pub mod sim;
 pub mod telemetry;
 
 use std::net::SocketAddr;

@@ -592,9 +592,10 @@ pub struct BrevoConfig {
     /// other lanes use the rate budget. More lanes hide Brevo's latency.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// Slack added to the one-second rate window so network jitter between
-    /// Sluice and Brevo cannot squeeze one request too many into Brevo's
-    /// second. Costs `margin / 1 s` of the budget.
+    /// Slack added to the one-second rate window. Not needed against a
+    /// server that counts a request before answering it (the limiter starts
+    /// each token's period at the answer); for coarser server clocks.
+    /// Costs `margin / 1 s` of the budget.
     #[serde(default = "default_rate_limit_margin_ms")]
     pub rate_limit_margin_ms: u64,
     /// Brevo list that every contact upserted through `/v3/contacts/import`
@@ -635,7 +636,7 @@ fn default_concurrency() -> usize {
     4
 }
 fn default_rate_limit_margin_ms() -> u64 {
-    10
+    0
 }
 
 impl Default for BrevoConfig {

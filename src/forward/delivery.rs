@@ -124,17 +124,20 @@ impl Sender {
                 settle_all(&batch, SlotResult::Abandoned, out);
                 return Err(Stopping);
             }
-            {
+            let permit = {
                 let mut stop = self.stop.clone();
                 tokio::select! {
-                    _ = self.limiter.acquire(class) => {}
+                    p = self.limiter.acquire(class) => p,
                     _ = stop.wait_for(|s| *s) => {
                         settle_all(&batch, SlotResult::Abandoned, out);
                         return Err(Stopping);
                     }
                 }
-            }
-            let (verdict, reply) = match self.deliver.send(&req).await {
+            };
+            let sent = self.deliver.send(&req).await;
+            // The token's period starts now that the answer is in.
+            drop(permit);
+            let (verdict, reply) = match sent {
                 Ok(reply) => {
                     self.limiter.observe(class, &reply.rate);
                     (classify(&req, &reply), Some(reply))

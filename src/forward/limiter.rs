@@ -3,13 +3,19 @@
 //! presets with per-class overrides, adaptation to `x-sib-ratelimit-*`
 //! headers, and a pause after a 429.
 //!
-//! Why each token comes back exactly one period after it was spent, rather
-//! than dripping back continuously: a classic bucket of capacity N refilled
-//! at N/s lets 2N requests through inside one second (a full bucket, then
-//! a second bucket's worth of refill), which Brevo would answer with 429s.
-//! Returning each token one period after its use means no window of that
-//! length ever sees more than N requests, while a saturated sender still
-//! gets exactly N per period.
+//! Two choices make "never more than N per second, as Brevo counts" hold
+//! while a saturated sender still gets N:
+//!
+//! * Each token comes back exactly one period after its use, instead of
+//!   dripping back continuously. A classic bucket of capacity N refilled at
+//!   N/s lets 2N requests through inside one second (a full bucket, then a
+//!   bucket's worth of refill); Brevo would answer the extra with 429s.
+//! * The period starts when Brevo's *answer* arrives, not when the request
+//!   leaves. Brevo counted the request somewhere between the two; only the
+//!   answer bounds that instant from above, whatever the network and
+//!   scheduling jitter. The cost is one round trip per token per period
+//!   (a few ms against a nearby server, ~10% of the budget at 100 ms).
+//!   A request is holding its token ([`Permit`]) until then.
 //!
 //! All time is `tokio::time`, so tests drive it with `tokio::time::pause()`.
 
@@ -17,6 +23,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::brevo::{EndpointClass, RateHeaders};
@@ -49,21 +56,23 @@ pub fn budget(cfg: &BrevoConfig, class: EndpointClass) -> RateBudget {
     o.unwrap_or_else(|| preset(cfg.plan, class))
 }
 
-/// At most `limit` takes in any window of `period`: each token is returned
-/// exactly `period` after it was taken.
+/// At most `limit` requests counted in any window of `period`: a token is
+/// held while its request is in flight and returns `period` after the
+/// request completed.
 #[derive(Debug)]
 pub struct TokenBucket {
     limit: usize,
     period: Duration,
-    /// When each outstanding token was taken, oldest first; never longer
-    /// than `limit`.
-    taken: VecDeque<Instant>,
+    /// Completion instants of requests within the last period, ascending.
+    completed: VecDeque<Instant>,
+    /// Requests holding a token now.
+    in_flight: usize,
 }
 
 impl TokenBucket {
     pub fn new(limit: usize, period: Duration) -> TokenBucket {
         let limit = limit.max(1);
-        TokenBucket { limit, period, taken: VecDeque::with_capacity(limit.min(4096)) }
+        TokenBucket { limit, period, completed: VecDeque::with_capacity(limit.min(4096)), in_flight: 0 }
     }
 
     /// A rate of `per_period` per `period`, fractional rates included
@@ -76,23 +85,29 @@ impl TokenBucket {
         }
     }
 
-    /// The earliest instant a token is available.
-    pub fn ready_at(&self, now: Instant) -> Instant {
-        if self.taken.len() < self.limit {
-            return now;
+    /// The earliest instant a token is free; `None` while every token is
+    /// held by a request still in flight (the next completion decides).
+    pub fn ready_at(&mut self, now: Instant) -> Option<Instant> {
+        while self.completed.front().is_some_and(|&t| t + self.period <= now) {
+            self.completed.pop_front();
         }
-        match self.taken.front() {
-            Some(&oldest) => (oldest + self.period).max(now),
-            None => now,
+        let used = self.completed.len() + self.in_flight;
+        if used < self.limit {
+            return Some(now);
         }
+        // The (used - limit + 1)-th oldest completed token frees one.
+        self.completed.get(used - self.limit).map(|&t| t + self.period)
     }
 
-    /// Take a token at `at` (the caller checked [`TokenBucket::ready_at`]).
-    pub fn take(&mut self, at: Instant) {
-        self.taken.push_back(at);
-        while self.taken.len() > self.limit {
-            self.taken.pop_front();
-        }
+    fn reserve(&mut self) {
+        self.in_flight += 1;
+    }
+
+    fn complete(&mut self, at: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        // Completions arrive nearly in order: insert from the back.
+        let pos = self.completed.iter().rposition(|&t| t <= at).map_or(0, |i| i + 1);
+        self.completed.insert(pos, at);
     }
 }
 
@@ -115,35 +130,39 @@ impl ClassLimiter {
         }
     }
 
-    /// The earliest instant a request may go out.
-    pub fn ready_at(&self, now: Instant) -> Instant {
-        let mut at = self.second.ready_at(now).max(self.hour.ready_at(now));
-        if let Some(p) = self.paused_until {
-            at = at.max(p);
+    /// Reserve a token now if one is free; otherwise say when to ask again
+    /// (`None`: when a request in flight completes).
+    pub fn try_reserve(&mut self, now: Instant) -> Result<(), Option<Instant>> {
+        let second = self.second.ready_at(now);
+        let hour = self.hour.ready_at(now);
+        let at = match (second, hour) {
+            (Some(a), Some(b)) => a.max(b).max(self.paused_until.unwrap_or(now)),
+            _ => return Err(None),
+        };
+        if at > now {
+            return Err(Some(at));
         }
-        at
+        self.second.reserve();
+        self.hour.reserve();
+        Ok(())
     }
 
-    /// Take a token now if one is available; otherwise say when to ask again.
-    pub fn try_take(&mut self, now: Instant) -> Result<(), Instant> {
-        let at = self.ready_at(now);
-        if at > now {
-            return Err(at);
-        }
-        self.second.take(now);
-        self.hour.take(now);
-        Ok(())
+    /// The request holding a token got its answer (or gave up) at `at`.
+    pub fn complete(&mut self, at: Instant) {
+        self.second.complete(at);
+        self.hour.complete(at);
     }
 
     /// Follow Brevo's own count when it disagrees with ours. `remaining: 0`
     /// while our buckets still hold tokens means someone else spends this
     /// account's budget: hold the class until Brevo's reset. When our buckets
-    /// are empty too, they already know when the next slot frees, and more
+    /// are exhausted too, they already know when the next slot frees, and more
     /// precisely than `reset` (whole seconds until the window is *fully*
     /// restored), so the header is not allowed to slow a saturated sender.
     pub fn observe(&mut self, now: Instant, rate: &RateHeaders) {
         let (Some(0), Some(reset)) = (rate.remaining, rate.reset) else { return };
-        if self.second.ready_at(now) <= now && self.hour.ready_at(now) <= now {
+        let free = |b: &mut TokenBucket| b.ready_at(now).is_some_and(|t| t <= now);
+        if free(&mut self.second) && free(&mut self.hour) {
             let until = now + reset;
             self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
         }
@@ -161,33 +180,64 @@ impl ClassLimiter {
 #[derive(Debug)]
 pub struct RateLimiter {
     classes: [Mutex<ClassLimiter>; 3],
+    /// Woken when a request completes and its token starts its return.
+    completed: [Notify; 3],
+}
+
+/// A token held by a request in flight; dropping it (after Brevo's answer,
+/// a timeout, or a cancelled send) starts the token's way back.
+#[must_use = "the token returns when the permit is dropped: hold it across the request"]
+pub struct Permit<'a> {
+    limiter: &'a RateLimiter,
+    class: EndpointClass,
+    /// How long the acquisition waited.
+    pub waited: Duration,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.limiter.lock(self.class).complete(Instant::now());
+        self.limiter.completed[self.class.index()].notify_waiters();
+    }
 }
 
 impl RateLimiter {
     pub fn new(cfg: &BrevoConfig) -> RateLimiter {
         let margin = Duration::from_millis(cfg.rate_limit_margin_ms);
         let mk = |c| Mutex::new(ClassLimiter::new(budget(cfg, c), margin));
-        RateLimiter { classes: [mk(EndpointClass::Events), mk(EndpointClass::Contacts), mk(EndpointClass::Other)] }
+        RateLimiter {
+            classes: [mk(EndpointClass::Events), mk(EndpointClass::Contacts), mk(EndpointClass::Other)],
+            completed: [Notify::new(), Notify::new(), Notify::new()],
+        }
     }
 
     fn lock(&self, class: EndpointClass) -> std::sync::MutexGuard<'_, ClassLimiter> {
         self.classes[class.index()].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Wait for a token of `class`; returns how long that took.
-    pub async fn acquire(&self, class: EndpointClass) -> Duration {
+    /// Wait for a token of `class`; hold the permit until the answer.
+    pub async fn acquire(&self, class: EndpointClass) -> Permit<'_> {
         let started = Instant::now();
         loop {
-            let now = Instant::now();
-            let next = match self.lock(class).try_take(now) {
+            // Registered before looking, so a completion in between is not missed.
+            let completed = self.completed[class.index()].notified();
+            tokio::pin!(completed);
+            completed.as_mut().enable();
+            let next = self.lock(class).try_reserve(Instant::now());
+            match next {
                 Ok(()) => break,
-                Err(at) => at,
-            };
-            tokio::time::sleep_until(next).await;
+                Err(Some(at)) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = &mut completed => {}
+                    }
+                }
+                Err(None) => completed.await,
+            }
         }
         let waited = started.elapsed();
         m::rate_limit_wait(class.as_str(), waited);
-        waited
+        Permit { limiter: self, class, waited }
     }
 
     pub fn observe(&self, class: EndpointClass, rate: &RateHeaders) {
@@ -210,11 +260,16 @@ mod tests {
         c
     }
 
+    /// A request that is answered the instant it is sent.
+    async fn take(l: &RateLimiter, class: EndpointClass) -> Duration {
+        l.acquire(class).await.waited
+    }
+
     /// Acquire `n` tokens back to back; return the instants they were granted.
     async fn grant_times(l: &RateLimiter, n: usize) -> Vec<Instant> {
         let mut out = Vec::new();
         for _ in 0..n {
-            l.acquire(EndpointClass::Events).await;
+            take(l, EndpointClass::Events).await;
             out.push(Instant::now());
         }
         out
@@ -287,29 +342,29 @@ mod tests {
         let l = RateLimiter::new(&cfg(10.0, 36_000.0));
         let start = Instant::now();
         l.pause(EndpointClass::Events, Some(Duration::from_secs(3)));
-        l.acquire(EndpointClass::Contacts).await;
+        take(&l, EndpointClass::Contacts).await;
         assert_eq!(Instant::now(), start, "contacts are not paused");
-        let waited = l.acquire(EndpointClass::Events).await;
+        let waited = take(&l, EndpointClass::Events).await;
         assert_eq!(waited, Duration::from_secs(3));
         // Without a hint the pause is one second.
         l.pause(EndpointClass::Events, None);
-        assert_eq!(l.acquire(EndpointClass::Events).await, Duration::from_secs(1));
+        assert_eq!(take(&l, EndpointClass::Events).await, Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]
     async fn brevo_counting_the_budget_spent_holds_the_class_until_its_reset() {
         let l = RateLimiter::new(&cfg(10.0, 36_000.0));
         let start = Instant::now();
-        l.acquire(EndpointClass::Events).await;
+        take(&l, EndpointClass::Events).await;
         // We spent 1 of 10; Brevo says 0 remain (another client): hold.
         let spent = RateHeaders { remaining: Some(0), reset: Some(Duration::from_secs(2)), ..Default::default() };
         l.observe(EndpointClass::Events, &spent);
-        l.acquire(EndpointClass::Events).await;
+        take(&l, EndpointClass::Events).await;
         assert_eq!(Instant::now() - start, Duration::from_secs(2));
         // Remaining above zero changes nothing.
         let plenty = RateHeaders { remaining: Some(5), reset: Some(Duration::from_secs(9)), ..Default::default() };
         l.observe(EndpointClass::Events, &plenty);
-        l.acquire(EndpointClass::Events).await;
+        take(&l, EndpointClass::Events).await;
         assert_eq!(Instant::now() - start, Duration::from_secs(2));
     }
 
@@ -320,7 +375,7 @@ mod tests {
         let zero = RateHeaders { remaining: Some(0), reset: Some(Duration::from_secs(1)), ..Default::default() };
         let mut times = Vec::new();
         for _ in 0..30 {
-            l.acquire(EndpointClass::Events).await;
+            take(&l, EndpointClass::Events).await;
             times.push(Instant::now());
             // Brevo answers every request of a saturated second with 0 left.
             if times.len() % 10 == 0 {
@@ -332,6 +387,40 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_token_returns_one_period_after_the_answer_not_the_send() {
+        let l = RateLimiter::new(&cfg(2.0, 1000.0));
+        let start = Instant::now();
+        for _ in 0..2 {
+            let permit = l.acquire(EndpointClass::Events).await;
+            // Brevo takes 100 ms to answer.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(permit);
+        }
+        // Answers came at 100 ms and 200 ms: their tokens are back at 1.1 s
+        // and 1.2 s, whenever Brevo counted the requests in between.
+        let times = grant_times(&l, 2).await;
+        assert_eq!(times[0] - start, Duration::from_millis(1100));
+        assert_eq!(times[1] - start, Duration::from_millis(1200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_every_token_in_flight_the_next_waits_for_an_answer() {
+        let l = std::sync::Arc::new(RateLimiter::new(&cfg(1.0, 1000.0)));
+        let start = Instant::now();
+        let held = l.acquire(EndpointClass::Events).await;
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move { take(&l, EndpointClass::Events).await })
+        };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiter.is_finished(), "the only token is still in flight");
+        drop(held);
+        let waited = waiter.await.unwrap();
+        assert_eq!(waited, Duration::from_secs(6), "5 s in flight, then one period");
+        assert_eq!(Instant::now() - start, Duration::from_secs(6));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn concurrent_waiters_share_the_budget() {
         let l = std::sync::Arc::new(RateLimiter::new(&cfg(5.0, 36_000.0)));
         let times = std::sync::Arc::new(Mutex::new(Vec::new()));
@@ -340,7 +429,7 @@ mod tests {
             let (l, times) = (l.clone(), times.clone());
             tasks.push(tokio::spawn(async move {
                 for _ in 0..5 {
-                    l.acquire(EndpointClass::Events).await;
+                    take(&l, EndpointClass::Events).await;
                     times.lock().unwrap().push(Instant::now());
                 }
             }));

@@ -12,6 +12,12 @@
 //!   delivered, so a replayed dead letter is not taken for a duplicate.
 //! * Memory is bounded: past `max_buffered` unfinished envelopes the loop
 //!   stops polling until work completes.
+//! * Linger is for quiet times. While the bus has a backlog (the last poll
+//!   came back full, or the buffer is full) more events are certain to come,
+//!   so partly filled requests wait up to [`BACKLOG_LINGER_FACTOR`] times
+//!   longer to fill: at saturation batches go out full. When the buffer is
+//!   full and nothing is in flight, waiting cannot bring more events, so the
+//!   normal linger applies again.
 //! * On shutdown polling stops, in-flight requests finish their current
 //!   attempt, nothing is retried, and whatever is not settled stays
 //!   unacknowledged for the next start (at-least-once).
@@ -43,6 +49,10 @@ const POLL_MAX: usize = 1000;
 /// Longest wait inside one poll; other work interrupts it anyway.
 const POLL_WAIT: Duration = Duration::from_secs(1);
 
+/// How much longer a partly filled request may wait while there is a backlog
+/// (bounded, so a lane whose users went quiet still flushes).
+const BACKLOG_LINGER_FACTOR: u32 = 30;
+
 /// An envelope between poll and acknowledgement.
 struct Unfinished {
     position: Position,
@@ -70,6 +80,8 @@ struct Forwarder {
     sender: Arc<Sender>,
     tasks: JoinSet<(usize, Vec<(EnvelopeId, SlotResult)>)>,
     max_buffered: usize,
+    /// Whether more events are waiting on the bus than were polled.
+    backlogged: bool,
     stopping: watch::Sender<bool>,
 }
 
@@ -101,6 +113,7 @@ pub async fn run_with(
         sender,
         tasks: JoinSet::new(),
         max_buffered: (lanes * limits.max_events * 4).max(1000),
+        backlogged: false,
         stopping,
         config: config.clone(),
     };
@@ -121,6 +134,10 @@ pub async fn run_with(
         }
         let deadline = if stopping { None } else { fw.next_deadline() };
         let room = fw.max_buffered.saturating_sub(fw.unfinished.len());
+        let asked = room.min(POLL_MAX);
+        if room == 0 {
+            fw.backlogged = true;
+        }
         tokio::select! {
             biased;
             changed = shutdown.changed(), if !stopping => {
@@ -135,8 +152,11 @@ pub async fn run_with(
                 fw.busy[lane] = false;
                 fw.complete(results, sub.as_mut(), publisher.as_ref()).await;
             }
-            polled = sub.poll(room.min(POLL_MAX), POLL_WAIT), if !stopping && room > 0 => match polled {
-                Ok(msgs) => fw.accept(msgs, sub.as_mut(), publisher.as_ref()).await,
+            polled = sub.poll(asked, POLL_WAIT), if !stopping && room > 0 => match polled {
+                Ok(msgs) => {
+                    fw.backlogged = msgs.len() >= asked;
+                    fw.accept(msgs, sub.as_mut(), publisher.as_ref()).await;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "bus poll failed; retrying in 1s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -159,13 +179,30 @@ impl Forwarder {
         (h.finish() % self.lanes.len() as u64) as usize
     }
 
-    /// Hand every idle lane's ready requests to a send task.
+    fn linger(&self) -> Duration {
+        if self.backlogged {
+            self.linger * BACKLOG_LINGER_FACTOR
+        } else {
+            self.linger
+        }
+    }
+
+    /// Hand every idle lane's ready requests to a send task. If that starts
+    /// nothing while the buffer is full and nothing is in flight, no event
+    /// can arrive to fill the waiting requests: fall back to the plain linger.
     fn start_ready(&mut self, now: Instant) {
+        self.start_ready_with(now, self.linger());
+        if self.tasks.is_empty() && self.unfinished.len() >= self.max_buffered {
+            self.start_ready_with(now, self.linger);
+        }
+    }
+
+    fn start_ready_with(&mut self, now: Instant, linger: Duration) {
         for i in 0..self.lanes.len() {
             if self.busy[i] {
                 continue;
             }
-            let batches = self.lanes[i].take_ready(now, self.linger, false);
+            let batches = self.lanes[i].take_ready(now, linger, false);
             if batches.is_empty() {
                 continue;
             }
@@ -177,18 +214,19 @@ impl Forwarder {
 
     /// When an idle lane next has something ready.
     fn next_deadline(&self) -> Option<Instant> {
+        let starved = self.tasks.is_empty() && self.unfinished.len() >= self.max_buffered;
+        let linger = if starved { self.linger } else { self.linger() };
         self.lanes
             .iter()
             .zip(&self.busy)
             .filter(|(_, busy)| !**busy)
-            .filter_map(|(lane, _)| lane.next_deadline(self.linger))
+            .filter_map(|(lane, _)| lane.next_deadline(linger))
             .min()
     }
 
     /// Decode, deduplicate and map polled messages; settle at once what
     /// needs no Brevo call.
     async fn accept(&mut self, msgs: Vec<Message>, sub: &mut dyn Subscriber, publisher: &dyn Publisher) {
-        let now = Instant::now();
         let mut acks = Vec::new();
         let mut letters = Vec::new();
         for msg in msgs {
@@ -229,7 +267,7 @@ impl Forwarder {
                     }
                     let handle = self.next_handle;
                     self.next_handle += 1;
-                    let slots = self.lanes[lane].push(handle, &user, ops, now);
+                    let slots = self.lanes[lane].push(handle, &user, ops, Instant::now());
                     self.ids_in_flight.insert(ev.id.clone());
                     self.unfinished.insert(
                         handle,

@@ -381,3 +381,147 @@ fn letter(reason: &str, detail: String, event: Option<Event>, raw: Option<&[u8]>
         raw: raw.map(|r| String::from_utf8_lossy(r).into_owned()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::memory::MemoryBus;
+    use crate::bus::Record;
+    use crate::event::{Kind, Source};
+    use crate::forward::brevo::{BrevoReply, BrevoRequest, DeliverError, DryRun, RateHeaders};
+    use std::sync::Mutex;
+    use tokio::sync::Semaphore;
+
+    /// Answers every request with `status` once a permit is available, and
+    /// records what it answered.
+    struct Gated {
+        gate: Semaphore,
+        status: u16,
+        sent: Mutex<Vec<BrevoRequest>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Deliver for Gated {
+        async fn send(&self, req: &BrevoRequest) -> Result<BrevoReply, DeliverError> {
+            self.gate.acquire().await.map_err(|e| DeliverError::Connection(e.to_string()))?.forget();
+            self.sent.lock().unwrap().push(req.clone());
+            Ok(BrevoReply { status: self.status, body: "{}".into(), rate: RateHeaders::default() })
+        }
+    }
+
+    fn config() -> Arc<Config> {
+        let yaml = "brevo:\n  linger_ms: 10\n  initial_backoff_ms: 5\n  max_backoff_ms: 20\n";
+        Arc::new(Config::from_yaml(yaml, "t.yaml", &|_| None).unwrap())
+    }
+
+    fn event(i: usize) -> Record {
+        let mut e = Event::new(Source::Posthog, "posthog", "phc", Kind::Track, "clicked", chrono::Utc::now());
+        e.id = format!("e{i}");
+        e.distinct_id = Some(format!("u{}", i % 3));
+        e.to_record()
+    }
+
+    struct Running {
+        bus: MemoryBus,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    }
+
+    fn spawn(deliver: Arc<dyn Deliver>) -> Running {
+        let bus = MemoryBus::new();
+        let dedup = Arc::new(DedupStore::open("forwarder_test", Duration::from_secs(60), 1000, None).unwrap());
+        let (stop, rx) = watch::channel(false);
+        let b = Bus::new(Arc::new(bus.clone()), Arc::new(bus.clone()));
+        let task = tokio::spawn(run_with(config(), b, deliver, dedup, rx));
+        Running { bus, stop, task }
+    }
+
+    async fn eventually(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    fn letters(bus: &MemoryBus) -> Vec<DeadLetter> {
+        bus.records(Topic::DeadLetters).iter().map(|r| serde_json::from_slice(&r.payload).unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_position_moves_only_after_brevo_accepted() {
+        let d = Arc::new(Gated { gate: Semaphore::new(0), status: 202, sent: Mutex::new(Vec::new()) });
+        let r = spawn(d.clone());
+        r.bus.publish(Topic::Events, (0..6).map(event).collect()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(r.bus.committed(Topic::Events), 0, "nothing acknowledged while Brevo has not answered");
+        d.gate.add_permits(100);
+        eventually("all six acknowledged", || r.bus.committed(Topic::Events) == 6).await;
+        let sent: usize = d.sent.lock().unwrap().iter().map(|q| q.events).sum();
+        assert_eq!(sent, 6);
+        r.stop.send(true).unwrap();
+        r.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn undecodable_and_foreign_envelopes_are_dead_lettered_then_acknowledged() {
+        let r = spawn(Arc::new(DryRun));
+        let mut future = Event::new(Source::Posthog, "posthog", "phc", Kind::Track, "x", chrono::Utc::now());
+        future.schema = "2".into();
+        future.distinct_id = Some("u".into());
+        let garbage = Record { key: b"k".to_vec(), payload: b"{not json".to_vec() };
+        r.bus.publish(Topic::Events, vec![garbage, future.to_record(), event(1)]).await.unwrap();
+        eventually("three acknowledged", || r.bus.committed(Topic::Events) == 3).await;
+        let l = letters(&r.bus);
+        assert_eq!(l.iter().map(|l| l.reason.as_str()).collect::<Vec<_>>(), vec!["undecodable", "unsupported_schema"]);
+        assert_eq!(l[0].raw.as_deref(), Some("{not json"));
+        assert_eq!(l[1].event.as_ref().map(|e| e.schema.as_str()), Some("2"));
+        r.stop.send(true).unwrap();
+        r.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_acknowledged_without_a_second_send() {
+        let d = Arc::new(Gated { gate: Semaphore::new(1000), status: 202, sent: Mutex::new(Vec::new()) });
+        let r = spawn(d.clone());
+        r.bus.publish(Topic::Events, vec![event(1), event(2), event(1)]).await.unwrap();
+        eventually("first round", || r.bus.committed(Topic::Events) == 3).await;
+        r.bus.publish(Topic::Events, vec![event(2)]).await.unwrap();
+        eventually("redelivery acknowledged", || r.bus.committed(Topic::Events) == 4).await;
+        let sent: usize = d.sent.lock().unwrap().iter().map(|q| q.events).sum();
+        assert_eq!(sent, 2, "e1 and e2 once each");
+        r.stop.send(true).unwrap();
+        r.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_while_brevo_fails_leaves_events_for_the_next_start() {
+        let d = Arc::new(Gated { gate: Semaphore::new(1000), status: 503, sent: Mutex::new(Vec::new()) });
+        let r = spawn(d.clone());
+        r.bus.publish(Topic::Events, (0..4).map(event).collect()).await.unwrap();
+        eventually("a few retries", || d.sent.lock().unwrap().len() >= 3).await;
+        r.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), r.task).await.unwrap().unwrap().unwrap();
+        assert_eq!(r.bus.committed(Topic::Events), 0);
+        assert!(letters(&r.bus).is_empty(), "a retryable failure is not a dead letter");
+    }
+
+    #[tokio::test]
+    async fn skipped_kinds_and_mapping_failures_settle_without_brevo() {
+        let d = Arc::new(Gated { gate: Semaphore::new(0), status: 202, sent: Mutex::new(Vec::new()) });
+        let r = spawn(d.clone());
+        let mut alias = Event::new(Source::Posthog, "posthog", "phc", Kind::Alias, "$create_alias", chrono::Utc::now());
+        alias.distinct_id = Some("u".into());
+        let anonymous =
+            Event::new(Source::Webhook, "stripe", "stripe", Kind::Webhook, "charge.failed", chrono::Utc::now());
+        r.bus.publish(Topic::Events, vec![alias.to_record(), anonymous.to_record()]).await.unwrap();
+        eventually("both acknowledged", || r.bus.committed(Topic::Events) == 2).await;
+        assert_eq!(letters(&r.bus).len(), 1);
+        assert_eq!(letters(&r.bus)[0].reason, "no_identifier");
+        assert!(d.sent.lock().unwrap().is_empty());
+        r.stop.send(true).unwrap();
+        r.task.await.unwrap().unwrap();
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sluice::bus::{embedded::EmbeddedLog, Publisher};
-use sluice::bus::{Subscriber, SubscriberOpener, Topic};
+use sluice::bus::{SubscriberOpener, Topic};
 use sluice::config::EmbeddedConfig;
 use sluice::event::{DeadLetter, Event, Kind, Source};
 

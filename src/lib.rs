@@ -10,6 +10,7 @@
 //! | [`bus`] | the `Publisher` / `Subscriber` traits; `kafka`, `embedded` (redb log) and `memory` (test fake) backends |
 //! | [`forward`] | the consumer loop: mapping to Brevo calls, delivery (`Deliver` trait: HTTP or dry run), dead letters, acks |
 //! | [`dedup`] | bounded windowed id sets (webhook ids, Amplitude insert_ids), persisted beside the embedded log |
+//! | [`server`] | the HTTP accept loop: header-read deadline, peer address, graceful drain |
 //! | [`metrics`] | the name of every metric |
 //! | [`telemetry`] | structured logging |
 //! | [`sim`] | the Brevo simulator (`sluice brevo-sim`): a faithful fake of the API for tests and local development |
@@ -24,10 +25,10 @@ pub mod event;
 pub mod forward;
 pub mod ingress;
 pub mod metrics;
+pub mod server;
 pub mod sim;
 pub mod telemetry;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +73,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let bus = Bus::open(&config.bus).await.context("opening the bus")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let header_timeout = Duration::from_secs(config.server.header_read_timeout_secs);
 
     let server;
     if role.ingress() {
@@ -88,27 +90,13 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
         tracing::info!(listen = %listener.local_addr()?, "ingress listening");
-        let mut rx = stop_rx.clone();
-        server = Some(tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        }));
+        server = Some(tokio::spawn(server::serve(listener, app, stop_rx.clone(), header_timeout, grace)));
     } else {
         // A forwarder still serves health and metrics.
         let app = health_router(bus.clone(), handle.clone());
         let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
         tracing::info!(listen = %listener.local_addr()?, "health endpoint listening");
-        let mut rx = stop_rx.clone();
-        server = Some(tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        }));
+        server = Some(tokio::spawn(server::serve(listener, app, stop_rx.clone(), header_timeout, grace)));
     }
 
     let forwarder = if role.forwarder() {
@@ -129,9 +117,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let drain = async {
         if let Some(s) = server {
-            if let Ok(Err(e)) = s.await {
-                tracing::error!(error = %e, "server error");
-            }
+            let _ = s.await;
         }
         if let Some(f) = forwarder {
             match f.await {
@@ -152,8 +138,6 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
 }
 
 fn health_router(bus: Bus, handle: metrics_exporter_prometheus::PrometheusHandle) -> axum::Router {
-    use axum::http::StatusCode;
-    use axum::response::IntoResponse;
     use axum::routing::get;
     let ready_bus = bus.clone();
     axum::Router::new()
@@ -162,21 +146,14 @@ fn health_router(bus: Bus, handle: metrics_exporter_prometheus::PrometheusHandle
             "/readyz",
             get(move || {
                 let bus = ready_bus.clone();
-                async move {
-                    match bus.publisher.ready().await {
-                        Ok(()) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
-                        Err(_) => {
-                            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "unavailable"})))
-                                .into_response()
-                        }
-                    }
-                }
+                async move { ingress::ready_response(bus.publisher.as_ref()).await }
             }),
         )
         .route("/metrics", get(move || async move { handle.render() }))
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
+use tracing::Instrument;
 
 use crate::bus::{Publisher, Topic};
 use crate::config::Config;
@@ -181,13 +182,16 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/batch", any(batch))
-        .route("/batch/", any(batch))
+        .route("/batch", any(batch).layer(posthog::cors()))
+        .route("/batch/", any(batch).layer(posthog::cors()))
         .merge(posthog::routes())
         .merge(amplitude::routes())
         .merge(webhook::routes())
-        .layer(middleware::from_fn(record_http))
         .layer(middleware::from_fn_with_state(Arc::new(Admission::new(limit, timeout)), admit))
+        // Outside admission, so overload 503s and timeout 408s are counted
+        // in sluice_http_requests_total (the 5xx-ratio alert relies on it).
+        .layer(middleware::from_fn(record_http))
+        .layer(middleware::from_fn(request_id))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -205,18 +209,56 @@ impl Admission {
 }
 
 async fn admit(State(adm): State<Arc<Admission>>, req: Request, next: Next) -> Response {
+    let dialect = dialect_for(req.uri().path());
     let Ok(_permit) = adm.permits.clone().try_acquire_owned() else {
-        m::events_rejected("http", "overloaded", 1);
-        return IngressError::Overloaded { retry_after_secs: 1 }.render(Dialect::Posthog);
+        return refuse("http", dialect, IngressError::Overloaded { retry_after_secs: 1 }, 1);
     };
     match tokio::time::timeout(adm.timeout, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) => {
-            m::events_rejected("http", "timeout", 1);
-            (StatusCode::REQUEST_TIMEOUT, axum::Json(serde_json::json!({"code": 408, "error": "request timeout"})))
-                .into_response()
-        }
+        Err(_) => refuse("http", dialect, IngressError::Timeout, 1),
     }
+}
+
+/// Which dialect a refusal made before routing is written in. `/batch` is
+/// shared and its body is unknown here: PostHog's (Amplitude's SDK reads
+/// only the status of a 503 or 408).
+fn dialect_for(path: &str) -> Dialect {
+    match path.trim_end_matches('/') {
+        "/2/httpapi" | "/identify" => Dialect::Amplitude,
+        p if p.starts_with("/webhooks/") => Dialect::Webhook,
+        _ => Dialect::Posthog,
+    }
+}
+
+/// The header that correlates a client's request with Sluice's log lines.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Outermost layer: every log line written while handling the request (the
+/// "request refused" line included) carries `request_id` through a span, and
+/// the response echoes it so a client or proxy can quote it. A caller's id is
+/// kept when it is a short token (proxies and load balancers set one);
+/// anything else is replaced so clients cannot stuff the logs.
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| acceptable_request_id(v))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    // ERROR level so the span stays enabled whatever `log.level` filters out:
+    // an error line must never lose its id.
+    let span = tracing::error_span!("request", request_id = %id);
+    let mut resp = next.run(req).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}
+
+fn acceptable_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'='))
 }
 
 async fn record_http(req: Request, next: Next) -> Response {
@@ -255,7 +297,12 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.publisher.ready().await {
+    ready_response(state.publisher.as_ref()).await
+}
+
+/// `/readyz` for every role: 200 when the bus is reachable and writable.
+pub async fn ready_response(publisher: &dyn Publisher) -> Response {
+    match publisher.ready().await {
         Ok(()) => {
             m::ready(true);
             axum::Json(serde_json::json!({"status": "ready"})).into_response()
@@ -306,6 +353,86 @@ fn is_amplitude_batch(body: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::memory::MemoryBus;
+    use tower::ServiceExt;
+
+    fn test_router() -> Router {
+        let config = Arc::new(Config::default());
+        let state =
+            AppState::new(config, Arc::new(MemoryBus::new()), Arc::new(SystemClock), None, None).expect("state");
+        router(state)
+    }
+
+    async fn get_with(router: Router, path: &str, id: Option<&str>) -> Response {
+        let mut req = Request::builder().uri(path);
+        if let Some(id) = id {
+            req = req.header(REQUEST_ID, id);
+        }
+        router.oneshot(req.body(Body::empty()).expect("request")).await.expect("infallible")
+    }
+
+    fn response_id(resp: &Response) -> String {
+        resp.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).expect("x-request-id on the response").to_string()
+    }
+
+    #[test]
+    fn overload_refusals_are_counted_as_http_responses() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        metrics::with_local_recorder(&recorder, || {
+            rt.block_on(async {
+                let mut cfg = Config::default();
+                cfg.server.max_concurrent_requests = 1;
+                let state = AppState::new(Arc::new(cfg), Arc::new(MemoryBus::new()), Arc::new(SystemClock), None, None)
+                    .expect("state");
+                let app = router(state);
+                // The first request takes the only permit and waits for a
+                // body that never comes.
+                let (_tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+                let stalled = Request::post("/e/").body(Body::from_stream(rx)).expect("request");
+                let mut held = Box::pin(app.clone().oneshot(stalled));
+                assert!(futures::poll!(&mut held).is_pending());
+                let resp = app.oneshot(Request::post("/e/").body(Body::from("{}")).expect("request")).await;
+                assert_eq!(resp.expect("infallible").status(), StatusCode::SERVICE_UNAVAILABLE);
+            })
+        });
+        let text = handle.render();
+        assert!(text.contains(r#"sluice_http_requests_total{route="/e",status="503"} 1"#), "{text}");
+        assert!(text.contains(r#"sluice_events_rejected_total{source="http",reason="overloaded"} 1"#), "{text}");
+    }
+
+    #[tokio::test]
+    async fn request_id_is_echoed_when_the_caller_sends_a_sane_one() {
+        let resp = get_with(test_router(), "/healthz", Some("lb-7f3a.42")).await;
+        assert_eq!(response_id(&resp), "lb-7f3a.42");
+        // Refusals carry it too: that is where an operator needs it most.
+        let resp = get_with(test_router(), "/e/", Some("trace:abc")).await;
+        assert!(resp.status().is_client_error(), "{}", resp.status());
+        assert_eq!(response_id(&resp), "trace:abc");
+    }
+
+    #[tokio::test]
+    async fn request_id_is_generated_when_missing_or_unacceptable() {
+        let a = response_id(&get_with(test_router(), "/healthz", None).await);
+        let b = response_id(&get_with(test_router(), "/healthz", None).await);
+        assert_eq!(a.len(), 32, "{a}");
+        assert_ne!(a, b, "every request gets its own id");
+        let long = "x".repeat(129);
+        for bad in ["has space", "quote\"", long.as_str(), ""] {
+            let got = response_id(&get_with(test_router(), "/healthz", Some(bad)).await);
+            assert_ne!(got, bad);
+            assert_eq!(got.len(), 32, "{got}");
+        }
+    }
+
+    #[test]
+    fn refusals_before_routing_speak_the_route_dialect() {
+        assert_eq!(dialect_for("/2/httpapi"), Dialect::Amplitude);
+        assert_eq!(dialect_for("/identify/"), Dialect::Amplitude);
+        assert_eq!(dialect_for("/webhooks/stripe"), Dialect::Webhook);
+        assert_eq!(dialect_for("/i/v0/e/"), Dialect::Posthog);
+    }
 
     #[test]
     fn batch_routing_by_shape() {

@@ -712,24 +712,7 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<()> {
         limits = ?limits,
         "Brevo simulator listening"
     );
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    crate::shutdown_signal().await;
     tracing::info!("Brevo simulator stopping");
     sim.stop().await
 }

@@ -1,0 +1,62 @@
+//! Embedded-bus throughput: many concurrent publishers of 10-event batches
+//! (~650-byte events, as PostHog SDKs send them), each publish waiting for its
+//! fsync'd group commit. Reports events/s; the figure in ARCHITECTURE.md and
+//! BENCHMARKS.md comes from here.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use sluice::bus::embedded::EmbeddedLog;
+use sluice::bus::{Publisher, Record, Topic};
+use sluice::config::EmbeddedConfig;
+
+const BATCH: usize = 10;
+const PUBLISHERS: usize = 64;
+const BATCHES_PER_PUBLISHER: usize = 20;
+
+fn record(i: usize) -> Record {
+    Record { key: format!("posthog:phc_bench:user-{}", i % 1000).into_bytes(), payload: vec![b'x'; 650] }
+}
+
+fn embedded_group_commit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), EmbeddedConfig::default()).unwrap();
+    let per_iter = (PUBLISHERS * BATCHES_PER_PUBLISHER * BATCH) as u64;
+    let mut g = c.benchmark_group("embedded_bus");
+    g.throughput(Throughput::Elements(per_iter));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(10));
+    g.bench_function("publish_10_event_batches_64_concurrent", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let log: Arc<EmbeddedLog> = log.clone();
+                total += rt.block_on(async move {
+                    let started = Instant::now();
+                    let tasks: Vec<_> = (0..PUBLISHERS)
+                        .map(|p| {
+                            let log = log.clone();
+                            tokio::spawn(async move {
+                                for b in 0..BATCHES_PER_PUBLISHER {
+                                    let recs = (0..BATCH).map(|i| record(p * 1000 + b * BATCH + i)).collect();
+                                    log.publish(Topic::Events, recs).await.unwrap();
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                    started.elapsed()
+                });
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, embedded_group_commit);
+criterion_main!(benches);

@@ -10,10 +10,13 @@
 //!
 //! `scripts/bench-forward` runs the saturation part; `SLUICE_BENCH_SECONDS`
 //! (default 20) sets the measured span, `SLUICE_BENCH_PLAN` (general,
-//! professional) the Brevo plan.
+//! professional) the Brevo plan, `SLUICE_BENCH_SLACK_MS` and
+//! `SLUICE_BENCH_CONCURRENCY` the forwarder's `brevo.rate_limit_slack_ms`
+//! and `brevo.concurrency` (unset: the defaults).
 
 use std::hint::black_box;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use criterion::{criterion_group, Criterion, Throughput};
@@ -22,8 +25,9 @@ use sluice::bus::{Bus, Topic};
 use sluice::config::Config;
 use sluice::event::{Event, Kind, Source};
 use sluice::forward::batcher::{BatchLimits, Lane};
+use sluice::forward::brevo::RateHeaders;
 use sluice::forward::mapping::{map_event, Mapped};
-use sluice::forward::{self, HttpBrevo};
+use sluice::forward::{self, BrevoReply, BrevoRequest, Deliver, DeliverError, HttpBrevo};
 use sluice::sim::{self, EndpointClass, SimConfig};
 
 /// A PostHog web event the size posthog-js sends (~20 properties).
@@ -108,6 +112,49 @@ fn bench_batching(c: &mut Criterion) {
 
 criterion_group!(cpu, bench_mapping, bench_batching);
 
+/// The HTTP client, timing each round trip: with tokens returning at the
+/// answer, the budget ceiling is 1 / (1 + mean round trip in seconds).
+struct Timed {
+    inner: HttpBrevo,
+    micros: AtomicU64,
+    count: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl Deliver for Timed {
+    async fn send(&self, req: &BrevoRequest) -> Result<BrevoReply, DeliverError> {
+        let started = std::time::Instant::now();
+        let r = self.inner.send(req).await;
+        self.micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+}
+
+/// A Brevo that answers 202 at once, in process: what the forwarder alone
+/// makes of the budget when the round trip costs nothing.
+struct Instantly {
+    start: std::time::Instant,
+    arrivals: Mutex<Vec<(Duration, usize)>>,
+}
+
+#[async_trait::async_trait]
+impl Deliver for Instantly {
+    async fn send(&self, req: &BrevoRequest) -> Result<BrevoReply, DeliverError> {
+        self.arrivals.lock().unwrap_or_else(|p| p.into_inner()).push((self.start.elapsed(), req.events));
+        Ok(BrevoReply { status: 202, body: format!(r#"{{"count":{}}}"#, req.events), rate: RateHeaders::default() })
+    }
+}
+
+/// Where the saturation run delivers.
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    /// The Brevo simulator over HTTP, on its own runtime.
+    Simulator,
+    /// [`Instantly`].
+    Instant,
+}
+
 /// Steady-state figures of one saturation run.
 struct Saturation {
     requests: usize,
@@ -117,18 +164,29 @@ struct Saturation {
     max_batch: usize,
     max_in_any_second: usize,
     too_many: u64,
+    mean_round_trip: Duration,
 }
 
-fn saturation() -> anyhow::Result<Saturation> {
+fn saturation(target: Target) -> anyhow::Result<Saturation> {
     let seconds: u64 = std::env::var("SLUICE_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     let plan = std::env::var("SLUICE_BENCH_PLAN").unwrap_or_else(|_| "general".into());
+    let mut extra = String::new();
+    if let Ok(ms) = std::env::var("SLUICE_BENCH_SLACK_MS") {
+        extra.push_str(&format!("  rate_limit_slack_ms: {ms}\n"));
+    }
+    if let Ok(n) = std::env::var("SLUICE_BENCH_CONCURRENCY") {
+        extra.push_str(&format!("  concurrency: {n}\n"));
+    }
+    // Brevo is another machine: the simulator gets its own runtime so its
+    // request handling does not queue behind the forwarder's tasks.
+    let sim_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let sim_plan: sim::Plan = plan.parse().map_err(|e| anyhow::anyhow!("SLUICE_BENCH_PLAN: {e:?}"))?;
+    let sim = sim_rt.block_on(sim::start(SimConfig::new("xkeysib-bench").plan(sim_plan)))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let sim_plan: sim::Plan = plan.parse().map_err(|e| anyhow::anyhow!("SLUICE_BENCH_PLAN: {e:?}"))?;
-        let sim = sim::start(SimConfig::new("xkeysib-bench").plan(sim_plan)).await?;
         let dir = tempfile::tempdir()?;
         let yaml = format!(
-            "bus:\n  path: {}\nbrevo:\n  api_key: xkeysib-bench\n  base_url: {}\n  plan: {plan}\n",
+            "bus:\n  path: {}\nbrevo:\n  api_key: xkeysib-bench\n  base_url: {}\n  plan: {plan}\n{extra}",
             dir.path().display(),
             sim.base_url()
         );
@@ -146,35 +204,83 @@ fn saturation() -> anyhow::Result<Saturation> {
             bus.publisher.publish(Topic::Events, chunk.iter().map(Event::to_record).collect()).await?;
         }
         drop(events);
-        eprintln!("saturation: {backlog} events waiting; measuring {seconds} s at {per_second} req/s");
+        eprintln!("saturation: {backlog} events waiting; measuring {seconds} s at {per_second} req/s {}", extra.trim());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let deliver = Arc::new(HttpBrevo::new(&config.brevo)?);
+        let timed = Arc::new(Timed {
+            inner: HttpBrevo::new(&config.brevo)?,
+            micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        });
+        let instantly = Arc::new(Instantly { start: std::time::Instant::now(), arrivals: Mutex::new(Vec::new()) });
+        let deliver: Arc<dyn Deliver> = match target {
+            Target::Simulator => timed.clone(),
+            Target::Instant => instantly.clone(),
+        };
         let task = tokio::spawn(forward::run(config, bus.clone(), deliver, stop_rx));
-        let target = warm + measured + 1;
-        let done = sim
-            .wait_until(Duration::from_secs(seconds * 3 + 30), |s| {
-                s.stats().class(EndpointClass::Events).requests as usize >= target
-            })
-            .await;
+        let target_requests = warm + measured + 1;
+        let arrivals = |target: Target| -> Vec<(Duration, usize)> {
+            match target {
+                Target::Simulator => {
+                    let mut reqs: Vec<_> =
+                        sim.recorded().into_iter().filter(|r| r.class == EndpointClass::Events).collect();
+                    reqs.sort_by_key(|r| r.seq);
+                    reqs.iter().map(|r| (r.at(), r.json()["events"].as_array().map_or(0, Vec::len))).collect()
+                }
+                Target::Instant => instantly.arrivals.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            }
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(seconds * 3 + 30);
+        while arrivals(target).len() < target_requests && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let _ = stop.send(true);
         task.await??;
-        anyhow::ensure!(done, "the forwarder did not reach {target} requests in time");
-        let mut reqs: Vec<_> = sim.recorded().into_iter().filter(|r| r.class == EndpointClass::Events).collect();
-        reqs.sort_by_key(|r| r.seq);
-        let window = &reqs[warm..warm + measured + 1];
-        let span = window[measured].at() - window[0].at();
-        let events: usize = window[..measured].iter().map(|r| r.json()["events"].as_array().map_or(0, Vec::len)).sum();
-        let stats = sim.stats();
+        let all = arrivals(target);
+        anyhow::ensure!(all.len() >= target_requests, "the forwarder did not reach {target_requests} requests in time");
+        let window = &all[warm..warm + measured + 1];
+        let span = window[measured].0 - window[0].0;
+        let events: usize = window[..measured].iter().map(|(_, n)| n).sum();
+        let times: Vec<Duration> = all.iter().map(|(t, _)| *t).collect();
         Ok(Saturation {
             requests: measured,
             span,
             events,
             per_second,
             max_batch,
-            max_in_any_second: stats.class(EndpointClass::Events).max_in_any_second,
-            too_many: stats.count(429),
+            max_in_any_second: sim::limits::max_in_any_window(&times, Duration::from_secs(1)),
+            too_many: sim.stats().count(429),
+            mean_round_trip: Duration::from_micros(
+                timed.micros.load(Ordering::Relaxed) / timed.count.load(Ordering::Relaxed).max(1),
+            ),
         })
     })
+}
+
+fn report(name: &str, s: &Saturation) {
+    let secs = s.span.as_secs_f64();
+    let rps = s.requests as f64 / secs;
+    let eps = s.events as f64 / secs;
+    let budget = f64::from(s.per_second) * s.max_batch as f64;
+    let mean = s.events as f64 / s.requests as f64;
+    println!("{name}: {} requests in {secs:.2} s = {rps:.2} req/s (budget {} req/s)", s.requests, s.per_second);
+    println!("{name}: {eps:.0} events/s delivered = {:.1}% of the {budget:.0} events/s budget", 100.0 * eps / budget);
+    println!("{name}: {mean:.1} events per request (max {})", s.max_batch);
+    println!("{name}: most requests in any 1 s window: {}; 429s: {}", s.max_in_any_second, s.too_many);
+    let rtt = s.mean_round_trip.as_secs_f64();
+    if rtt > 0.0 {
+        println!(
+            "{name}: mean round trip {:.1} ms: tokens returning at the answer cap the rate at {:.1}% of the budget",
+            rtt * 1000.0,
+            100.0 / (1.0 + rtt)
+        );
+    }
+    println!(
+        "{}",
+        json!({"bench": name, "requests_per_second": rps, "events_per_second": eps,
+               "budget_events_per_second": budget, "budget_ratio": eps / budget,
+               "mean_events_per_request": mean, "max_in_any_second": s.max_in_any_second,
+               "mean_round_trip_ms": rtt * 1000.0, "responses_429": s.too_many})
+    );
 }
 
 fn main() {
@@ -182,40 +288,19 @@ fn main() {
     Criterion::default().configure_from_args().final_summary();
     // `cargo bench` passes --bench; `cargo test --benches` does not, and a
     // timed run has no place in a test.
-    let mut args = std::env::args().skip(1);
     let benchmarking = std::env::args().any(|a| a == "--bench");
-    let filter = args.find(|a| !a.starts_with('-'));
-    if !benchmarking || !filter.as_deref().map_or(true, |f| "saturation".contains(f)) {
-        return;
-    }
-    match saturation() {
-        Ok(s) => {
-            let secs = s.span.as_secs_f64();
-            let rps = s.requests as f64 / secs;
-            let eps = s.events as f64 / secs;
-            let budget = f64::from(s.per_second) * s.max_batch as f64;
-            let mean = s.events as f64 / s.requests as f64;
-            println!(
-                "saturation: {} requests in {:.2} s = {:.2} req/s (budget {} req/s)",
-                s.requests, secs, rps, s.per_second
-            );
-            println!(
-                "saturation: {eps:.0} events/s delivered = {:.1}% of the {budget:.0} events/s budget",
-                100.0 * eps / budget
-            );
-            println!("saturation: {mean:.1} events per request (max {})", s.max_batch);
-            println!("saturation: most requests in any 1 s window: {}; 429s: {}", s.max_in_any_second, s.too_many);
-            println!(
-                "{}",
-                json!({"bench": "forward_saturation", "requests_per_second": rps, "events_per_second": eps,
-                       "budget_events_per_second": budget, "budget_ratio": eps / budget,
-                       "mean_events_per_request": mean, "max_in_any_second": s.max_in_any_second,
-                       "responses_429": s.too_many})
-            );
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wants = |name: &str| benchmarking && filter.as_deref().map_or(true, |f| name.contains(f));
+    for (name, target) in [("saturation_simulator", Target::Simulator), ("saturation_instant", Target::Instant)] {
+        if !wants(name) {
+            continue;
         }
-        Err(e) => {
-            eprintln!("saturation run failed: {e:#}");
-            std::process::exit(1);
+        match saturation(target) {
+            Ok(s) => report(name, &s),
+            Err(e) => {
+                eprintln!("{name} failed: {e:#}");
+                std::process::exit(1);
+            }
         }
     }
 }

@@ -630,15 +630,21 @@ pub struct BrevoConfig {
     pub dedup_window_secs: u64,
     /// Independent delivery lanes. Users are hashed onto lanes; a lane sends
     /// one request at a time, so one user's calls keep their order while
-    /// other lanes use the rate budget. More lanes hide Brevo's latency.
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    /// Slack added to the one-second rate window. Not needed against a
-    /// server that counts a request before answering it (the limiter starts
-    /// each token's period at the answer); for coarser server clocks.
-    /// Costs `margin / 1 s` of the budget.
-    #[serde(default = "default_rate_limit_margin_ms")]
-    pub rate_limit_margin_ms: u64,
+    /// other lanes use the rate budget. Default: one lane per request per
+    /// second of the events budget (10 on the general plan), so a token that
+    /// comes back always finds a lane ready to use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// How late after sending a request Brevo may count it against the rate
+    /// limit. A rate-limit token's period starts at Brevo's answer, or this
+    /// long after the send when that comes first. Unset (the default): at the
+    /// answer; Brevo cannot count a request after answering it, so it never
+    /// sees more than the budget in any window, at the price of one round
+    /// trip per token per second (about 1% of the budget per 10 ms). Set
+    /// it (e.g. 20) when round trips are long but steady, to spend more of
+    /// the budget; a send-to-count delay that varies by more risks 429s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_slack_ms: Option<u64>,
     /// Brevo list that every contact upserted through `/v3/contacts/import`
     /// joins when no `lists` rule names one (Brevo's import requires a list).
     /// Without it, such upserts go one by one through `POST /v3/contacts`.
@@ -673,12 +679,6 @@ fn default_forward_dedup_entries() -> usize {
 fn default_forward_dedup_window_secs() -> u64 {
     24 * 3600
 }
-fn default_concurrency() -> usize {
-    4
-}
-fn default_rate_limit_margin_ms() -> u64 {
-    0
-}
 
 impl Default for BrevoConfig {
     fn default() -> Self {
@@ -695,8 +695,8 @@ impl Default for BrevoConfig {
             max_backoff_ms: default_max_backoff_ms(),
             dedup_max_entries: default_forward_dedup_entries(),
             dedup_window_secs: default_forward_dedup_window_secs(),
-            concurrency: default_concurrency(),
-            rate_limit_margin_ms: default_rate_limit_margin_ms(),
+            concurrency: None,
+            rate_limit_slack_ms: None,
             default_list_id: None,
         }
     }
@@ -810,7 +810,7 @@ impl Config {
         if self.brevo.max_batch_bytes == 0 || self.brevo.max_batch_bytes > 512 * 1024 {
             return Err(invalid("brevo.max_batch_bytes", "must be 1..=524288 (Brevo's 512 KB limit)".into()));
         }
-        if self.brevo.concurrency == 0 || self.brevo.concurrency > 256 {
+        if self.brevo.concurrency.is_some_and(|c| c == 0 || c > 256) {
             return Err(invalid("brevo.concurrency", "must be 1..=256".into()));
         }
         for (class, budget) in [

@@ -122,7 +122,7 @@ impl Batch {
             }
         };
         let events = self.owners.iter().map(Vec::len).sum();
-        BrevoRequest { class, path, body, events }
+        BrevoRequest::new(class, path, body, events)
     }
 
     /// The items at `indexes` (ascending), as their own batch.

@@ -53,8 +53,19 @@ pub struct BrevoRequest {
     /// Path below the base URL (which ends in `/v3`), e.g. `/events/batch`.
     pub path: String,
     pub body: Value,
+    /// `body` serialized once, before a rate-limit token is taken, so the
+    /// token covers only the network leg.
+    pub payload: bytes::Bytes,
     /// Source events this request carries (for the events-per-request metric).
     pub events: usize,
+}
+
+impl BrevoRequest {
+    pub fn new(class: EndpointClass, path: impl Into<String>, body: Value, events: usize) -> BrevoRequest {
+        // Serializing a Value built from owned JSON cannot fail.
+        let payload = serde_json::to_vec(&body).unwrap_or_default().into();
+        BrevoRequest { class, path: path.into(), body, payload, events }
+    }
 }
 
 /// Brevo's rate-limit headers. `reset` is read as seconds; a value above an
@@ -174,7 +185,8 @@ impl Deliver for HttpBrevo {
             .post(format!("{}{}", self.base_url, req.path))
             .header("api-key", &self.api_key)
             .header("accept", "application/json")
-            .json(&req.body)
+            .header("content-type", "application/json")
+            .body(req.payload.clone())
             .send()
             .await;
         let resp = match resp {
@@ -327,7 +339,7 @@ mod tests {
     use super::*;
 
     fn req(path: &str) -> BrevoRequest {
-        BrevoRequest { class: EndpointClass::Events, path: path.into(), body: Value::Null, events: 3 }
+        BrevoRequest::new(EndpointClass::Events, path, Value::Null, 3)
     }
 
     fn reply(status: u16, body: &str) -> BrevoReply {

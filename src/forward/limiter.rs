@@ -16,6 +16,10 @@
 //!   scheduling jitter. The cost is one round trip per token per period
 //!   (a few ms against a nearby server, ~10% of the budget at 100 ms).
 //!   A request is holding its token ([`Permit`]) until then.
+//!   `brevo.rate_limit_slack_ms` trades that guarantee for throughput: the
+//!   period then starts at the answer or `slack` after the send, whichever
+//!   comes first, which is safe as long as the send-to-count delay of two
+//!   requests a budget apart differs by less than `slack`.
 //!
 //! All time is `tokio::time`, so tests drive it with `tokio::time::pause()`.
 
@@ -122,9 +126,9 @@ pub struct ClassLimiter {
 }
 
 impl ClassLimiter {
-    pub fn new(budget: RateBudget, margin: Duration) -> ClassLimiter {
+    pub fn new(budget: RateBudget) -> ClassLimiter {
         ClassLimiter {
-            second: TokenBucket::with_rate(budget.per_second, Duration::from_secs(1) + margin),
+            second: TokenBucket::with_rate(budget.per_second, Duration::from_secs(1)),
             hour: TokenBucket::with_rate(budget.per_hour, Duration::from_secs(3600)),
             paused_until: None,
         }
@@ -182,6 +186,8 @@ pub struct RateLimiter {
     classes: [Mutex<ClassLimiter>; 3],
     /// Woken when a request completes and its token starts its return.
     completed: [Notify; 3],
+    /// `brevo.rate_limit_slack_ms`.
+    slack: Option<Duration>,
 }
 
 /// A token held by a request in flight; dropping it (after Brevo's answer,
@@ -190,24 +196,31 @@ pub struct RateLimiter {
 pub struct Permit<'a> {
     limiter: &'a RateLimiter,
     class: EndpointClass,
+    /// When the token was granted: the request leaves right after.
+    granted: Instant,
     /// How long the acquisition waited.
     pub waited: Duration,
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        self.limiter.lock(self.class).complete(Instant::now());
+        let now = Instant::now();
+        let at = match self.limiter.slack {
+            Some(slack) => now.min(self.granted + slack),
+            None => now,
+        };
+        self.limiter.lock(self.class).complete(at);
         self.limiter.completed[self.class.index()].notify_waiters();
     }
 }
 
 impl RateLimiter {
     pub fn new(cfg: &BrevoConfig) -> RateLimiter {
-        let margin = Duration::from_millis(cfg.rate_limit_margin_ms);
-        let mk = |c| Mutex::new(ClassLimiter::new(budget(cfg, c), margin));
+        let mk = |c| Mutex::new(ClassLimiter::new(budget(cfg, c)));
         RateLimiter {
             classes: [mk(EndpointClass::Events), mk(EndpointClass::Contacts), mk(EndpointClass::Other)],
             completed: [Notify::new(), Notify::new(), Notify::new()],
+            slack: cfg.rate_limit_slack_ms.map(Duration::from_millis),
         }
     }
 
@@ -235,9 +248,10 @@ impl RateLimiter {
                 Err(None) => completed.await,
             }
         }
-        let waited = started.elapsed();
+        let granted = Instant::now();
+        let waited = granted - started;
         m::rate_limit_wait(class.as_str(), waited);
-        Permit { limiter: self, class, waited }
+        Permit { limiter: self, class, granted, waited }
     }
 
     pub fn observe(&self, class: EndpointClass, rate: &RateHeaders) {
@@ -255,7 +269,7 @@ mod tests {
     use super::*;
 
     fn cfg(per_second: f64, per_hour: f64) -> BrevoConfig {
-        let mut c = BrevoConfig { rate_limit_margin_ms: 0, ..BrevoConfig::default() };
+        let mut c = BrevoConfig::default();
         c.rate_limits.events = Some(RateBudget { per_second, per_hour });
         c
     }
@@ -319,13 +333,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn margin_widens_the_second() {
+    async fn with_slack_a_slow_answer_returns_the_token_slack_after_the_send() {
         let mut c = cfg(2.0, 1000.0);
-        c.rate_limit_margin_ms = 20;
+        c.rate_limit_slack_ms = Some(20);
         let l = RateLimiter::new(&c);
         let start = Instant::now();
-        let times = grant_times(&l, 3).await;
-        assert_eq!(times[2] - start, Duration::from_millis(1020));
+        for _ in 0..2 {
+            let permit = l.acquire(EndpointClass::Events).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(permit);
+        }
+        // Sent at 0 and 100 ms, answered 100 ms later each: with 20 ms of
+        // slack the tokens are back at 1.02 s and 1.12 s.
+        let times = grant_times(&l, 2).await;
+        assert_eq!(times[0] - start, Duration::from_millis(1020));
+        assert_eq!(times[1] - start, Duration::from_millis(1120));
+        // A fast answer still wins over the slack.
+        let fast = grant_times(&l, 1).await;
+        assert_eq!(fast[0] - start, Duration::from_millis(2020));
     }
 
     #[tokio::test(start_paused = true)]

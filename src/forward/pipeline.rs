@@ -46,6 +46,8 @@ use crate::metrics as m;
 
 /// Messages asked of the bus per poll.
 const POLL_MAX: usize = 1000;
+/// Envelopes decoded and mapped between two yields to the runtime.
+const ACCEPT_YIELD_EVERY: usize = 64;
 /// Longest wait inside one poll; other work interrupts it anyway.
 const POLL_WAIT: Duration = Duration::from_secs(1);
 
@@ -101,7 +103,8 @@ pub async fn run_with(
     let limiter = Arc::new(RateLimiter::new(brevo));
     let sender = Arc::new(Sender::new(deliver, limiter, Backoff::from_config(brevo), stop_rx));
     let limits = BatchLimits::from_config(brevo);
-    let lanes = brevo.concurrency.max(1);
+    let events_per_second = super::limiter::budget(brevo, super::brevo::EndpointClass::Events).per_second;
+    let lanes = brevo.concurrency.unwrap_or(events_per_second.ceil().clamp(1.0, 64.0) as usize).max(1);
     let mut fw = Forwarder {
         linger: Duration::from_millis(brevo.linger_ms),
         lanes: (0..lanes).map(|_| Lane::new(limits)).collect(),
@@ -229,7 +232,13 @@ impl Forwarder {
     async fn accept(&mut self, msgs: Vec<Message>, sub: &mut dyn Subscriber, publisher: &dyn Publisher) {
         let mut acks = Vec::new();
         let mut letters = Vec::new();
-        for msg in msgs {
+        for (i, msg) in msgs.into_iter().enumerate() {
+            if i % ACCEPT_YIELD_EVERY == ACCEPT_YIELD_EVERY - 1 {
+                // Decoding and mapping a full poll is CPU work; let the HTTP
+                // tasks in flight read their answers meanwhile, or their
+                // round trips (and so the rate-limit tokens) stretch.
+                tokio::task::yield_now().await;
+            }
             let ev = match Event::from_payload(&msg.payload) {
                 Ok(ev) => ev,
                 Err(e) => {

@@ -317,6 +317,46 @@ pub struct Mapping<'a> {
     pub lists: &'a [ListRule],
 }
 
+/// Brevo's rule for event names and property keys.
+pub fn is_brevo_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 255 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Mapping<'_> {
+    /// Refuse mappings Brevo would reject on every event; the error names the
+    /// field below the connector and says what is wrong.
+    fn validate(&self) -> Result<(), (String, String)> {
+        for (from, to) in self.event_mapping {
+            if !is_brevo_name(to) {
+                return Err((
+                    format!("event_mapping.{from}"),
+                    format!("{to:?} is not a Brevo event name (1-255 characters of [A-Za-z0-9_-])"),
+                ));
+            }
+        }
+        for (from, to) in self.property_mapping {
+            if to.is_empty() || to.len() > 255 {
+                return Err((
+                    format!("property_mapping.{from}"),
+                    "the Brevo attribute name must be 1-255 characters".into(),
+                ));
+            }
+        }
+        for (i, l) in self.lists.iter().enumerate() {
+            if l.id <= 0 {
+                return Err((format!("lists[{i}].id"), "Brevo list ids are positive integers".into()));
+            }
+            if l.add_on_events.is_empty() && l.remove_on_events.is_empty() && l.when_property.is_none() {
+                return Err((
+                    format!("lists[{i}]"),
+                    "a list rule needs add_on_events, remove_on_events or when_property".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 macro_rules! mapping_view {
     ($($t:ty),*) => {$(
         impl $t {
@@ -416,23 +456,34 @@ pub enum WebhookScheme {
     Standard,
 }
 
-/// JSON pointers that find a Standard Webhooks event's facts in its body.
+/// JSON pointers (RFC 6901, `/data/email`) that find a Standard Webhooks
+/// event's facts in its body. An empty pointer means "not configured".
+/// Stripe events have a fixed shape and ignore these.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookPointers {
+    /// Event name (`invoice.paid`); a body without it is refused with 400.
     #[serde(default = "default_ptr_type")]
     pub r#type: String,
     /// Event id; the `webhook-id` header is used when absent or empty.
     #[serde(default)]
     pub id: String,
+    /// When the event happened: RFC 3339 text or Unix seconds. The signed
+    /// `webhook-timestamp` (the delivery attempt) is used when absent.
+    #[serde(default = "default_ptr_timestamp")]
+    pub timestamp: String,
     #[serde(default = "default_ptr_email")]
     pub email: String,
+    /// The sender's user id for the person (text or number).
     #[serde(default)]
     pub distinct_id: String,
 }
 
 fn default_ptr_type() -> String {
     "/type".into()
+}
+fn default_ptr_timestamp() -> String {
+    "/timestamp".into()
 }
 fn default_ptr_email() -> String {
     "/data/email".into()
@@ -443,9 +494,22 @@ impl Default for WebhookPointers {
         WebhookPointers {
             r#type: default_ptr_type(),
             id: String::new(),
+            timestamp: default_ptr_timestamp(),
             email: default_ptr_email(),
             distinct_id: String::new(),
         }
+    }
+}
+
+impl WebhookPointers {
+    fn all(&self) -> [(&'static str, &str); 5] {
+        [
+            ("type", &self.r#type),
+            ("id", &self.id),
+            ("timestamp", &self.timestamp),
+            ("email", &self.email),
+            ("distinct_id", &self.distinct_id),
+        ]
     }
 }
 
@@ -457,15 +521,21 @@ pub struct WebhookSource {
     pub scheme: WebhookScheme,
     /// Signing secrets; several at once for zero-downtime rotation.
     pub secrets: Vec<Secret>,
-    /// Accepted clock difference, both directions.
+    /// Accepted difference between the signed timestamp and the server
+    /// clock, both directions (replay protection). At least 1.
     #[serde(default = "default_tolerance_secs")]
     pub tolerance_secs: u64,
+    /// Larger bodies are refused with 413 before verification.
     #[serde(default = "default_webhook_max_body_bytes")]
     pub max_body_bytes: usize,
     /// Same event id within this window is answered 2xx and not republished
     /// (Stripe retries for three days).
     #[serde(default = "default_webhook_dedup_window_secs")]
     pub dedup_window_secs: u64,
+    /// Bound on remembered event ids (about 150 bytes each); the oldest are
+    /// forgotten first. Size it to the events this source sends per window.
+    #[serde(default = "default_webhook_dedup_max_entries")]
+    pub dedup_max_entries: usize,
     #[serde(default)]
     pub pointers: WebhookPointers,
     /// Allow-list of source event names; empty forwards everything.
@@ -491,6 +561,9 @@ fn default_webhook_max_body_bytes() -> usize {
 }
 fn default_webhook_dedup_window_secs() -> u64 {
     72 * 3600
+}
+fn default_webhook_dedup_max_entries() -> usize {
+    100_000
 }
 
 /// Brevo plan presets for the rate limiter.
@@ -552,6 +625,25 @@ pub struct BrevoConfig {
     /// Envelope ids remembered to suppress redelivered duplicates.
     #[serde(default = "default_forward_dedup_entries")]
     pub dedup_max_entries: usize,
+    /// How long an envelope id is remembered after Brevo accepted it.
+    #[serde(default = "default_forward_dedup_window_secs")]
+    pub dedup_window_secs: u64,
+    /// Independent delivery lanes. Users are hashed onto lanes; a lane sends
+    /// one request at a time, so one user's calls keep their order while
+    /// other lanes use the rate budget. More lanes hide Brevo's latency.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Slack added to the one-second rate window. Not needed against a
+    /// server that counts a request before answering it (the limiter starts
+    /// each token's period at the answer); for coarser server clocks.
+    /// Costs `margin / 1 s` of the budget.
+    #[serde(default = "default_rate_limit_margin_ms")]
+    pub rate_limit_margin_ms: u64,
+    /// Brevo list that every contact upserted through `/v3/contacts/import`
+    /// joins when no `lists` rule names one (Brevo's import requires a list).
+    /// Without it, such upserts go one by one through `POST /v3/contacts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_list_id: Option<i64>,
 }
 
 fn default_brevo_base_url() -> String {
@@ -578,6 +670,15 @@ fn default_max_backoff_ms() -> u64 {
 fn default_forward_dedup_entries() -> usize {
     100_000
 }
+fn default_forward_dedup_window_secs() -> u64 {
+    24 * 3600
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_rate_limit_margin_ms() -> u64 {
+    0
+}
 
 impl Default for BrevoConfig {
     fn default() -> Self {
@@ -593,6 +694,10 @@ impl Default for BrevoConfig {
             initial_backoff_ms: default_initial_backoff_ms(),
             max_backoff_ms: default_max_backoff_ms(),
             dedup_max_entries: default_forward_dedup_entries(),
+            dedup_window_secs: default_forward_dedup_window_secs(),
+            concurrency: default_concurrency(),
+            rate_limit_margin_ms: default_rate_limit_margin_ms(),
+            default_list_id: None,
         }
     }
 }
@@ -679,12 +784,58 @@ impl Config {
             if w.secrets.is_empty() || w.secrets.iter().any(Secret::is_empty) {
                 return Err(invalid(&format!("{key}.secrets"), "at least one non-empty secret is required".into()));
             }
+            for (j, s) in w.secrets.iter().enumerate() {
+                if let Err(e) = crate::ingress::webhook::signature::SigningKey::new(w.scheme, s.expose()) {
+                    return Err(invalid(&format!("{key}.secrets[{j}]"), e.to_string()));
+                }
+            }
+            if w.tolerance_secs == 0 {
+                return Err(invalid(&format!("{key}.tolerance_secs"), "must be at least 1".into()));
+            }
+            if w.max_body_bytes == 0 {
+                return Err(invalid(&format!("{key}.max_body_bytes"), "must be at least 1".into()));
+            }
+            for (field, ptr) in w.pointers.all() {
+                if !ptr.is_empty() && !ptr.starts_with('/') {
+                    return Err(invalid(
+                        &format!("{key}.pointers.{field}"),
+                        format!("{ptr:?} is not a JSON pointer: write it as /a/b (RFC 6901), or leave it empty"),
+                    ));
+                }
+            }
         }
         if self.brevo.max_batch_events == 0 || self.brevo.max_batch_events > 200 {
             return Err(invalid("brevo.max_batch_events", "must be 1..=200 (Brevo's batch limit)".into()));
         }
         if self.brevo.max_batch_bytes == 0 || self.brevo.max_batch_bytes > 512 * 1024 {
             return Err(invalid("brevo.max_batch_bytes", "must be 1..=524288 (Brevo's 512 KB limit)".into()));
+        }
+        if self.brevo.concurrency == 0 || self.brevo.concurrency > 256 {
+            return Err(invalid("brevo.concurrency", "must be 1..=256".into()));
+        }
+        for (class, budget) in [
+            ("events", &self.brevo.rate_limits.events),
+            ("contacts", &self.brevo.rate_limits.contacts),
+            ("other", &self.brevo.rate_limits.other),
+        ] {
+            if let Some(b) = budget {
+                if !(b.per_second > 0.0 && b.per_hour >= 1.0 && b.per_second.is_finite() && b.per_hour.is_finite()) {
+                    return Err(invalid(
+                        &format!("brevo.rate_limits.{class}"),
+                        "per_second must be > 0 and per_hour >= 1".into(),
+                    ));
+                }
+            }
+        }
+        let mut mappings = vec![
+            ("connectors.posthog".to_string(), self.connectors.posthog.mapping()),
+            ("connectors.amplitude".to_string(), self.connectors.amplitude.mapping()),
+        ];
+        for (i, w) in self.connectors.webhooks.iter().enumerate() {
+            mappings.push((format!("connectors.webhooks[{i}]"), w.mapping()));
+        }
+        for (key, m) in mappings {
+            m.validate().map_err(|(field, message)| invalid(&format!("{key}.{field}"), message))?;
         }
         if self.bus.kafka.partitions < 1 {
             return Err(invalid("bus.kafka.partitions", "must be at least 1".into()));
@@ -873,5 +1024,19 @@ brevo:
         let yaml = "connectors:\n  webhooks:\n    - {name: a, scheme: stripe, secrets: []}\n";
         let err = Config::from_yaml(yaml, "t.yaml", &env).unwrap_err().to_string();
         assert!(err.contains("connectors.webhooks[0].secrets"), "{err}");
+        let yaml = "connectors:\n  webhooks:\n    - {name: a, scheme: standard, secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, 'whsec_not base64']}\n";
+        let err = Config::from_yaml(yaml, "t.yaml", &env).unwrap_err().to_string();
+        assert!(err.contains("connectors.webhooks[0].secrets[1]") && err.contains("base64"), "{err}");
+        assert!(!err.contains("whsec_not"), "the secret itself is not echoed: {err}");
+        let yaml = "connectors:\n  webhooks:\n    - {name: a, scheme: standard, secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw], pointers: {email: data.email}}\n";
+        let err = Config::from_yaml(yaml, "t.yaml", &env).unwrap_err().to_string();
+        assert!(err.contains("connectors.webhooks[0].pointers.email"), "{err}");
+        let yaml = "connectors:\n  webhooks:\n    - {name: a, scheme: stripe, secrets: [x], tolerance_secs: 0}\n";
+        let err = Config::from_yaml(yaml, "t.yaml", &env).unwrap_err().to_string();
+        assert!(err.contains("connectors.webhooks[0].tolerance_secs"), "{err}");
+        let yaml = "connectors:\n  webhooks:\n    - {name: a, scheme: standard, secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]}\n";
+        let w = &Config::from_yaml(yaml, "t.yaml", &env).unwrap().connectors.webhooks[0];
+        assert_eq!((w.tolerance_secs, w.max_body_bytes, w.dedup_window_secs), (300, 1024 * 1024, 72 * 3600));
+        assert_eq!((w.pointers.r#type.as_str(), w.pointers.email.as_str()), ("/type", "/data/email"));
     }
 }

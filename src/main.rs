@@ -34,6 +34,58 @@ enum Command {
     Forward(ConfigArg),
     /// Validate a config and print the effective one, secrets redacted.
     CheckConfig(ConfigArg),
+    /// Print the Brevo requests that envelopes (JSON lines on stdin) map to,
+    /// without sending anything.
+    Map(ConfigArg),
+    /// Inspect or re-drive the dead-letter topic.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Run the Brevo API simulator (tests and local development).
+    BrevoSim(BrevoSimArgs),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Print pending dead letters as JSON lines (changes nothing).
+    List(ConfigArg),
+    /// Republish pending dead letters' envelopes to the events topic (after
+    /// a mapping fix) and mark the letters done.
+    Replay(ConfigArg),
+}
+
+#[derive(clap::Args)]
+struct BrevoSimArgs {
+    /// Address to listen on; the API root is http://ADDR/v3.
+    #[arg(long, default_value = "127.0.0.1:8025")]
+    listen: std::net::SocketAddr,
+    /// The only `api-key` header value accepted.
+    #[arg(long, env = "BREVO_SIM_API_KEY")]
+    api_key: String,
+    /// Rate-limit preset: general, professional or enterprise.
+    #[arg(long, default_value = "general")]
+    plan: sluice::sim::Plan,
+    /// Disable rate limiting altogether.
+    #[arg(long)]
+    unlimited: bool,
+}
+
+fn brevo_sim(args: &BrevoSimArgs) -> ExitCode {
+    sluice::telemetry::init(&sluice::config::LogConfig::default());
+    let mut cfg = sluice::sim::SimConfig::new(args.api_key.clone()).listen(args.listen).plan(args.plan);
+    if args.unlimited {
+        cfg = cfg.limits(sluice::sim::RateLimits::unlimited());
+    }
+    let result =
+        tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(sluice::sim::run(cfg)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice brevo-sim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load(arg: &ConfigArg) -> Result<Config, String> {
@@ -46,10 +98,14 @@ fn load(arg: &ConfigArg) -> Result<Config, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (arg, role) = match &cli.command {
+        Command::BrevoSim(args) => return brevo_sim(args),
         Command::Serve(a) => (a, Some(Role::Serve)),
         Command::Ingress(a) => (a, Some(Role::Ingress)),
         Command::Forward(a) => (a, Some(Role::Forward)),
         Command::CheckConfig(a) => (a, None),
+        Command::Map(a) => return forward_tool(a, ForwardTool::Map),
+        Command::Dlq { command: DlqCommand::List(a) } => return forward_tool(a, ForwardTool::DlqList),
+        Command::Dlq { command: DlqCommand::Replay(a) } => return forward_tool(a, ForwardTool::DlqReplay),
     };
     let config = match load(arg) {
         Ok(c) => c,
@@ -74,6 +130,63 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "sluice failed");
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum ForwardTool {
+    Map,
+    DlqList,
+    DlqReplay,
+}
+
+/// `sluice map` and `sluice dlq ...`: output on stdout, diagnostics on stderr.
+fn forward_tool(arg: &ConfigArg, tool: ForwardTool) -> ExitCode {
+    let config = match load(arg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let result = match tool {
+        ForwardTool::Map => sluice::forward::preview::run(&config, std::io::stdin().lock(), &mut out).map(|s| {
+            format!(
+                "{} envelopes: {} requests, {} skipped, {} dead letters, {} unreadable lines",
+                s.envelopes, s.requests, s.skipped, s.dead_letters, s.errors
+            )
+        }),
+        ForwardTool::DlqList | ForwardTool::DlqReplay => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("sluice: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(async {
+                let bus = sluice::bus::Bus::open(&config.bus).await?;
+                let kind = config.bus.kind;
+                match tool {
+                    ForwardTool::DlqList => sluice::forward::dlq::list(&bus, kind, &mut out)
+                        .await
+                        .map(|n| format!("{n} dead letters pending")),
+                    _ => sluice::forward::dlq::replay(&bus, kind, &mut out)
+                        .await
+                        .map(|r| format!("{} replayed, {} without an envelope", r.replayed, r.unreplayable)),
+                }
+            })
+        }
+    };
+    match result {
+        Ok(summary) => {
+            eprintln!("sluice: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
             eprintln!("sluice: {e:#}");
             ExitCode::FAILURE
         }

@@ -16,6 +16,9 @@ use crate::bus::BusError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Posthog,
+    /// PostHog's capture v1 (`/i/v1/analytics/events`):
+    /// `{error, error_description, error_uri}`.
+    PosthogV1,
     Amplitude,
     Webhook,
 }
@@ -50,26 +53,44 @@ pub enum IngressError {
     /// The bus refused or timed out; the client should retry (503).
     #[error("event bus unavailable")]
     Unavailable { retry_after_secs: u64 },
+    /// The whole request took longer than `server.request_timeout_secs` (408).
+    #[error("request timeout")]
+    Timeout,
     /// Concurrency cap reached (503).
     #[error("server overloaded")]
     Overloaded { retry_after_secs: u64 },
     /// A bug; never caused by client input (500).
     #[error("internal error")]
     Internal(String),
+    /// An API key that is not configured. Amplitude answers this with 400
+    /// (not 401) and echoes the key; SDKs match the `Invalid API key:`
+    /// prefix. Display leaves the key out so logs never carry it.
+    #[error("invalid API key")]
+    InvalidApiKey { key: String },
+    /// The route exists but not for this method (405).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A content type or content encoding the route does not speak (415).
+    #[error("{message}")]
+    Unsupported { code: &'static str, message: String },
 }
 
 impl IngressError {
     pub fn status(&self) -> StatusCode {
         match self {
             IngressError::TooLarge { .. } | IngressError::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            IngressError::Malformed { .. } | IngressError::MissingField { .. } | IngressError::InvalidEvents { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            IngressError::Malformed { .. }
+            | IngressError::MissingField { .. }
+            | IngressError::InvalidEvents { .. }
+            | IngressError::InvalidApiKey { .. } => StatusCode::BAD_REQUEST,
+            IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             IngressError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             IngressError::UnknownSource => StatusCode::NOT_FOUND,
+            IngressError::Timeout => StatusCode::REQUEST_TIMEOUT,
             IngressError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngressError::Unavailable { .. } | IngressError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IngressError::Unsupported { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -82,10 +103,14 @@ impl IngressError {
             IngressError::InvalidEvents { .. } => "invalid_events",
             IngressError::Unauthorized { code, .. } => code,
             IngressError::UnknownSource => "unknown_source",
+            IngressError::Timeout => "timeout",
             IngressError::Throttled { .. } => "throttled",
             IngressError::Unavailable { .. } => "bus_unavailable",
             IngressError::Overloaded { .. } => "overloaded",
             IngressError::Internal(_) => "internal",
+            IngressError::InvalidApiKey { .. } => "invalid_api_key",
+            IngressError::MethodNotAllowed => "method_not_allowed",
+            IngressError::Unsupported { code, .. } => code,
         }
     }
 
@@ -107,6 +132,11 @@ impl IngressError {
         };
         let body = match dialect {
             Dialect::Amplitude => self.amplitude_body(status, message),
+            Dialect::PosthogV1 => json!({
+                "error": self.reason(),
+                "error_description": message,
+                "error_uri": "https://posthog.com/docs/api",
+            }),
             Dialect::Posthog | Dialect::Webhook => {
                 let kind = match status.as_u16() {
                     401 => "authentication_error",
@@ -143,10 +173,22 @@ impl IngressError {
             IngressError::Throttled { details } => {
                 with_details(code, "Too many requests for some devices and users", details)
             }
+            // Echoing the key is what Amplitude does. It only tells the
+            // caller what it sent itself, and the key matched nothing
+            // configured, so no secret leaves; it is capped so a huge
+            // value is not reflected whole.
+            IngressError::InvalidApiKey { key } => {
+                let shown: String = key.chars().take(INVALID_KEY_ECHO_CHARS).collect();
+                json!({"code": code, "error": format!("Invalid API key: {shown}")})
+            }
             _ => json!({"code": code, "error": message}),
         }
     }
 }
+
+/// How much of a refused API key the Amplitude body echoes (real keys are
+/// 32 characters).
+const INVALID_KEY_ECHO_CHARS: usize = 128;
 
 fn with_details(code: u16, error: &str, details: &Map<String, Value>) -> Value {
     let mut obj = Map::new();

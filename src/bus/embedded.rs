@@ -11,13 +11,22 @@
 //! * Retention deletes the oldest records past a size or age bound; records
 //!   dropped before the forwarder acknowledged them are counted.
 //!
+//! * An I/O error (disk full) makes redb refuse every later operation until
+//!   the file is closed and reopened; `Store` does that, at most once a
+//!   second, so publishing resumes by itself once space returns. Until then
+//!   publishes fail (ingress answers 503) and `/readyz` reports the log.
+//!
 //! One process owns the file (redb locks it): the embedded bus serves
 //! `sluice serve`; split roles need Kafka.
 
-use std::path::Path;
+// redb's error type is large (160 bytes); it only travels on the failure path
+// from one redb call to `Store::check`.
+#![allow(clippy::result_large_err)]
+
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
@@ -81,6 +90,109 @@ fn storage_err(e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(format!("embedded log: {e}"))
 }
 
+/// The open redb file, reopened after an I/O error.
+///
+/// redb answers `PreviousIo` to every operation after one failed write (disk
+/// full, EIO) until the database is closed and opened again. Every user takes
+/// the handle through [`Store::db`] for the length of one operation and
+/// reports failures through [`Store::check`]; the next `db()` after a failure
+/// reopens the file (redb repairs it on open), at most once per
+/// [`REOPEN_INTERVAL`], so a full disk does not turn every request into a
+/// repair.
+pub(crate) struct Store {
+    path: PathBuf,
+    db: RwLock<Option<Arc<Database>>>,
+    poisoned: AtomicBool,
+    last_attempt: Mutex<Option<Instant>>,
+    /// Bumped on every reopen, so the writer re-reads its sequence numbers.
+    generation: AtomicU64,
+}
+
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Store {
+    fn open(path: PathBuf) -> anyhow::Result<Store> {
+        let db =
+            Database::create(&path).map_err(|e| anyhow::anyhow!("cannot open embedded log {}: {e}", path.display()))?;
+        Ok(Store {
+            path,
+            db: RwLock::new(Some(Arc::new(db))),
+            poisoned: AtomicBool::new(false),
+            last_attempt: Mutex::new(None),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// The database for one operation; reopens it first after an I/O error.
+    fn db(&self) -> Result<Arc<Database>, BusError> {
+        if !self.poisoned.load(Ordering::Acquire) {
+            if let Some(db) = self.db.read().unwrap_or_else(|p| p.into_inner()).clone() {
+                return Ok(db);
+            }
+        }
+        self.reopen()
+    }
+
+    /// Map a redb failure for the caller, remembering I/O errors.
+    fn check<T, E: Into<redb::Error>>(&self, r: Result<T, E>) -> Result<T, BusError> {
+        r.map_err(|e| {
+            let e: redb::Error = e.into();
+            if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+                self.poisoned.store(true, Ordering::Release);
+            }
+            storage_err(e)
+        })
+    }
+
+    fn reopen(&self) -> Result<Arc<Database>, BusError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !self.poisoned.load(Ordering::Acquire) {
+            if let Some(db) = slot.clone() {
+                return Ok(db); // another caller reopened it meanwhile
+            }
+        }
+        {
+            let mut last = self.last_attempt.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < REOPEN_INTERVAL) {
+                return Err(BusError::Unavailable("embedded log: recovering from an I/O error".into()));
+            }
+            *last = Some(Instant::now());
+        }
+        if let Some(mut db) = slot.take() {
+            // redb locks the file: the old handle must be gone before the new
+            // open. Users hold it only for one short operation.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                match Arc::try_unwrap(db) {
+                    Ok(d) => {
+                        drop(d);
+                        break;
+                    }
+                    Err(still_shared) if Instant::now() < deadline => {
+                        db = still_shared;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(still_shared) => {
+                        *slot = Some(still_shared);
+                        return Err(BusError::Unavailable("embedded log: busy, cannot reopen yet".into()));
+                    }
+                }
+            }
+        }
+        match Database::create(&self.path) {
+            Ok(db) => {
+                let db = Arc::new(db);
+                *slot = Some(db.clone());
+                self.poisoned.store(false, Ordering::Release);
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                tracing::warn!(path = %self.path.display(), "embedded log reopened after an I/O error");
+                Ok(db)
+            }
+            Err(e) => Err(storage_err(format!("reopening after an I/O error: {e}"))),
+        }
+    }
+}
+
 struct WriteRequest {
     topic: Topic,
     records: Vec<Record>,
@@ -94,7 +206,7 @@ pub struct EmbeddedLog {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    store: Arc<Store>,
     writer: mpsc::Sender<WriteRequest>,
     /// Next sequence number per topic, published to waiting subscribers.
     heads: [watch::Sender<u64>; 2],
@@ -116,28 +228,22 @@ impl EmbeddedLog {
     /// Open (or create) the log in `dir`.
     pub fn open(dir: &Path, cfg: EmbeddedConfig) -> anyhow::Result<Arc<EmbeddedLog>> {
         std::fs::create_dir_all(dir)?;
-        let path = dir.join("log.redb");
-        let db =
-            Database::create(&path).map_err(|e| anyhow::anyhow!("cannot open embedded log {}: {e}", path.display()))?;
+        let store = Arc::new(Store::open(dir.join("log.redb"))?);
+        let db = store.db()?;
         // Make sure the tables exist so readers never race their creation.
-        let txn = db.begin_write()?;
-        let mut next = [0u64; 2];
-        let bytes;
-        {
-            for topic in [Topic::Events, Topic::DeadLetters] {
-                let t = txn.open_table(table(topic))?;
-                next[topic_index(topic)] = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
-            }
+        let next = next_sequences(&db)?;
+        let bytes = {
+            let txn = db.begin_read()?;
             let meta = txn.open_table(META)?;
-            bytes = meta.get(bytes_key(Topic::Events))?.map(|g| g.value()).unwrap_or(0);
-        }
-        txn.commit()?;
+            let bytes = meta.get(bytes_key(Topic::Events))?.map(|g| g.value()).unwrap_or(0);
+            bytes
+        };
+        drop(db);
 
-        let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<WriteRequest>(cfg.max_commit_records.max(1) * 4);
         let heads = [watch::channel(next[0]).0, watch::channel(next[1]).0];
         let inner = Arc::new(Inner {
-            db: db.clone(),
+            store,
             writer: tx,
             heads,
             healthy: AtomicBool::new(true),
@@ -158,8 +264,23 @@ impl EmbeddedLog {
     }
 }
 
+/// Create the tables when missing and return the next sequence number of
+/// each topic.
+fn next_sequences(db: &Database) -> Result<[u64; 2], redb::Error> {
+    let txn = db.begin_write()?;
+    let mut next = [0u64; 2];
+    for topic in [Topic::Events, Topic::DeadLetters] {
+        let t = txn.open_table(table(topic))?;
+        next[topic_index(topic)] = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+    }
+    txn.open_table(META)?;
+    txn.commit()?;
+    Ok(next)
+}
+
 fn writer_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<WriteRequest>, mut next: [u64; 2]) {
     let mut group: Vec<WriteRequest> = Vec::new();
+    let mut generation = 0;
     while let Some(first) = rx.blocking_recv() {
         let Some(inner) = inner.upgrade() else { return };
         let max = inner.cfg.max_commit_records.max(1);
@@ -175,7 +296,16 @@ fn writer_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<WriteReques
             }
         }
         let started = std::time::Instant::now();
-        let result = commit_group(&inner.db, &group, &mut next);
+        let result = inner.store.db().and_then(|db| {
+            // After a reopen the file is the truth: a commit that failed
+            // half-way may or may not have landed.
+            let current = inner.store.generation.load(Ordering::Acquire);
+            if current != generation {
+                next = inner.store.check(next_sequences(&db))?;
+                generation = current;
+            }
+            inner.store.check(commit_group(&db, &group, &mut next))
+        });
         m::embedded_commit(started.elapsed(), count);
         match result {
             Ok(added) => {
@@ -193,7 +323,7 @@ fn writer_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<WriteReques
                 inner.healthy.store(false, Ordering::Relaxed);
                 tracing::error!(error = %e, "embedded log commit failed");
                 for req in group.drain(..) {
-                    let _ = req.done.send(Err(storage_err(&e)));
+                    let _ = req.done.send(Err(BusError::Unavailable(e.to_string())));
                 }
             }
         }
@@ -202,36 +332,33 @@ fn writer_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<WriteReques
 
 /// One write transaction for a whole group; returns the bytes added to the
 /// events table. On failure nothing is committed and `next` is unchanged.
-fn commit_group(db: &Database, group: &[WriteRequest], next: &mut [u64; 2]) -> Result<u64, String> {
-    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+fn commit_group(db: &Database, group: &[WriteRequest], next: &mut [u64; 2]) -> Result<u64, redb::Error> {
+    let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate);
     let ts = now_ms();
     let mut seq = *next;
     let mut added = [0u64; 2];
     {
-        let mut tables = [
-            txn.open_table(EVENTS).map_err(|e| e.to_string())?,
-            txn.open_table(DEAD_LETTERS).map_err(|e| e.to_string())?,
-        ];
+        let mut tables = [txn.open_table(EVENTS)?, txn.open_table(DEAD_LETTERS)?];
         for req in group {
             let i = topic_index(req.topic);
             for r in &req.records {
                 let v = encode(ts, r);
                 added[i] += v.len() as u64;
-                tables[i].insert(seq[i], v.as_slice()).map_err(|e| e.to_string())?;
+                tables[i].insert(seq[i], v.as_slice())?;
                 seq[i] += 1;
             }
         }
-        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        let mut meta = txn.open_table(META)?;
         for t in [Topic::Events, Topic::DeadLetters] {
             let i = topic_index(t);
             if added[i] > 0 {
-                let cur = meta.get(bytes_key(t)).map_err(|e| e.to_string())?.map(|g| g.value()).unwrap_or(0);
-                meta.insert(bytes_key(t), cur + added[i]).map_err(|e| e.to_string())?;
+                let cur = meta.get(bytes_key(t))?.map(|g| g.value()).unwrap_or(0);
+                meta.insert(bytes_key(t), cur + added[i])?;
             }
         }
     }
-    txn.commit().map_err(|e| e.to_string())?;
+    txn.commit()?;
     *next = seq;
     Ok(added[0])
 }
@@ -252,43 +379,47 @@ impl Inner {
     fn enforce_retention(&self) -> Result<u64, BusError> {
         let max_bytes = self.cfg.retention_max_bytes;
         let oldest_kept = now_ms().saturating_sub(self.cfg.retention_max_age_secs.saturating_mul(1000));
-        let mut deleted = 0u64;
-        let mut unacked = 0u64;
-        let mut freed = 0u64;
-        let txn = self.db.begin_write().map_err(storage_err)?;
-        {
-            let mut meta = txn.open_table(META).map_err(storage_err)?;
-            let position = meta.get(position_key(Topic::Events)).map_err(storage_err)?.map(|g| g.value()).unwrap_or(0);
-            let mut bytes = meta.get(bytes_key(Topic::Events)).map_err(storage_err)?.map(|g| g.value()).unwrap_or(0);
-            let mut events = txn.open_table(EVENTS).map_err(storage_err)?;
-            loop {
-                let Some((seq, size, ts)) = events
-                    .first()
-                    .map_err(storage_err)?
-                    .map(|(k, v)| (k.value(), v.value().len() as u64, decode(v.value()).map(|d| d.0).unwrap_or(0)))
-                else {
-                    break;
-                };
-                if bytes <= max_bytes && ts >= oldest_kept {
-                    break;
+        let db = self.store.db()?;
+        let (deleted, unacked, freed) = self.store.check((|| -> Result<(u64, u64, u64), redb::Error> {
+            let (mut deleted, mut unacked, mut freed) = (0u64, 0u64, 0u64);
+            let txn = db.begin_write()?;
+            {
+                let mut meta = txn.open_table(META)?;
+                let position = meta.get(position_key(Topic::Events))?.map(|g| g.value()).unwrap_or(0);
+                let mut bytes = meta.get(bytes_key(Topic::Events))?.map(|g| g.value()).unwrap_or(0);
+                let mut events = txn.open_table(EVENTS)?;
+                loop {
+                    let Some((seq, size, ts)) = events
+                        .first()?
+                        .map(|(k, v)| (k.value(), v.value().len() as u64, decode(v.value()).map(|d| d.0).unwrap_or(0)))
+                    else {
+                        break;
+                    };
+                    if bytes <= max_bytes && ts >= oldest_kept {
+                        break;
+                    }
+                    events.remove(seq)?;
+                    bytes = bytes.saturating_sub(size);
+                    freed += size;
+                    deleted += 1;
+                    if seq >= position {
+                        unacked += 1;
+                    }
                 }
-                events.remove(seq).map_err(storage_err)?;
-                bytes = bytes.saturating_sub(size);
-                freed += size;
-                deleted += 1;
-                if seq >= position {
-                    unacked += 1;
+                if deleted > 0 {
+                    meta.insert(bytes_key(Topic::Events), bytes)?;
                 }
             }
-            if deleted > 0 {
-                meta.insert(bytes_key(Topic::Events), bytes).map_err(storage_err)?;
+            if deleted == 0 {
+                txn.abort()?;
+            } else {
+                txn.commit()?;
             }
-        }
+            Ok((deleted, unacked, freed))
+        })())?;
         if deleted == 0 {
-            txn.abort().map_err(storage_err)?;
             return Ok(0);
         }
-        txn.commit().map_err(storage_err)?;
         let total =
             self.stored_bytes.fetch_sub(freed.min(self.stored_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
         m::embedded_log_bytes(total.saturating_sub(freed));
@@ -322,10 +453,27 @@ impl Publisher for EmbeddedLog {
         if self.inner.writer.is_closed() {
             return Err(BusError::Fatal("embedded log writer stopped".into()));
         }
-        if !self.inner.healthy.load(Ordering::Relaxed) {
-            return Err(BusError::Unavailable("last embedded log commit failed".into()));
+        if self.inner.healthy.load(Ordering::Relaxed) {
+            return Ok(());
         }
-        Ok(())
+        // The last commit failed. Readiness must not wait for a publish to
+        // find out that space returned: an unready pod gets no traffic.
+        let inner = self.inner.clone();
+        let probe = tokio::task::spawn_blocking(move || {
+            let db = inner.store.db()?;
+            inner.store.check((|| -> Result<(), redb::Error> {
+                let mut txn = db.begin_write()?;
+                txn.set_durability(Durability::Immediate);
+                txn.open_table(META)?.insert("probe/ready", now_ms())?;
+                txn.commit()?;
+                Ok(())
+            })())?;
+            inner.healthy.store(true, Ordering::Relaxed);
+            Ok::<(), BusError>(())
+        })
+        .await
+        .map_err(|e| BusError::Fatal(e.to_string()))?;
+        probe.map_err(|e| BusError::Unavailable(format!("last embedded log commit failed; probe: {e}")))
     }
 
     async fn flush(&self, _timeout: Duration) -> Result<(), BusError> {
@@ -337,20 +485,23 @@ impl Publisher for EmbeddedLog {
 #[async_trait]
 impl SubscriberOpener for EmbeddedLog {
     async fn open(&self, topic: Topic) -> Result<Box<dyn Subscriber>, BusError> {
-        let db = self.inner.db.clone();
+        let store = self.inner.store.clone();
         let start = tokio::task::spawn_blocking(move || -> Result<u64, BusError> {
-            let txn = db.begin_read().map_err(storage_err)?;
-            let meta = txn.open_table(META).map_err(storage_err)?;
-            let pos = meta.get(position_key(topic)).map_err(storage_err)?.map(|g| g.value()).unwrap_or(0);
-            // Retention may have removed records before the stored position.
-            let t = txn.open_table(table(topic)).map_err(storage_err)?;
-            let first = t.first().map_err(storage_err)?.map(|(k, _)| k.value()).unwrap_or(pos);
-            Ok(pos.max(first))
+            let db = store.db()?;
+            store.check((|| -> Result<u64, redb::Error> {
+                let txn = db.begin_read()?;
+                let meta = txn.open_table(META)?;
+                let pos = meta.get(position_key(topic))?.map(|g| g.value()).unwrap_or(0);
+                // Retention may have removed records before the stored position.
+                let t = txn.open_table(table(topic))?;
+                let first = t.first()?.map(|(k, _)| k.value()).unwrap_or(pos);
+                Ok(pos.max(first))
+            })())
         })
         .await
         .map_err(|e| BusError::Fatal(e.to_string()))??;
         Ok(Box::new(EmbeddedSubscriber {
-            db: self.inner.db.clone(),
+            store: self.inner.store.clone(),
             topic,
             next_read: start,
             committed: start,
@@ -362,9 +513,10 @@ impl SubscriberOpener for EmbeddedLog {
 
 /// Reads one topic of the embedded log for the (single) forwarder.
 pub struct EmbeddedSubscriber {
-    db: Arc<Database>,
+    store: Arc<Store>,
     topic: Topic,
     next_read: u64,
+    /// The position stored durably in the file.
     committed: u64,
     tracker: AckTracker,
     head: watch::Receiver<u64>,
@@ -372,29 +524,61 @@ pub struct EmbeddedSubscriber {
 
 impl EmbeddedSubscriber {
     fn read(&self, max: usize) -> Result<Vec<Message>, BusError> {
-        let txn = self.db.begin_read().map_err(storage_err)?;
-        let t = txn.open_table(table(self.topic)).map_err(storage_err)?;
-        let mut out = Vec::new();
-        for item in t.range(self.next_read..).map_err(storage_err)?.take(max) {
-            let (k, v) = item.map_err(storage_err)?;
-            let Some((_, key, payload)) = decode(v.value()) else {
-                return Err(BusError::Fatal(format!("corrupt record at offset {}", k.value())));
-            };
-            out.push(Message {
-                position: Position { partition: 0, offset: k.value() as i64 },
-                key: key.to_vec(),
-                payload: payload.to_vec(),
-            });
-        }
-        Ok(out)
+        let db = self.store.db()?;
+        let raw = self.store.check((|| -> Result<Vec<(u64, Vec<u8>)>, redb::Error> {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(table(self.topic))?;
+            let mut out = Vec::new();
+            for item in t.range(self.next_read..)?.take(max) {
+                let (k, v) = item?;
+                out.push((k.value(), v.value().to_vec()));
+            }
+            Ok(out)
+        })())?;
+        raw.into_iter()
+            .map(|(offset, v)| {
+                let (_, key, payload) =
+                    decode(&v).ok_or_else(|| BusError::Fatal(format!("corrupt record at offset {offset}")))?;
+                Ok(Message {
+                    position: Position { partition: 0, offset: offset as i64 },
+                    key: key.to_vec(),
+                    payload: payload.to_vec(),
+                })
+            })
+            .collect()
     }
 
-    async fn store_position(&self, pos: u64) -> Result<(), BusError> {
-        let db = self.db.clone();
+    /// The first offset still in the log, if any.
+    fn first(&self) -> Result<Option<u64>, BusError> {
+        let db = self.store.db()?;
+        self.store.check((|| -> Result<Option<u64>, redb::Error> {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(table(self.topic))?;
+            let first = t.first()?.map(|(k, _)| k.value());
+            Ok(first)
+        })())
+    }
+
+    /// Store `pos` durably; on failure (disk full) the position stays where
+    /// it was: a crash before the next successful store redelivers, which is
+    /// the at-least-once contract, and the forwarder keeps delivering.
+    async fn store_position(&mut self, pos: u64) {
+        let store = self.store.clone();
         let topic = self.topic;
-        tokio::task::spawn_blocking(move || store_position(&db, topic, pos))
-            .await
-            .map_err(|e| BusError::Fatal(e.to_string()))?
+        let stored = tokio::task::spawn_blocking(move || {
+            let db = store.db()?;
+            store.check(store_position(&db, topic, pos))
+        })
+        .await
+        .map_err(|e| BusError::Fatal(e.to_string()))
+        .and_then(|r| r);
+        match stored {
+            Ok(()) => {
+                self.committed = pos;
+                m::consumer_lag(self.topic.as_str(), 0, self.lag());
+            }
+            Err(e) => tracing::warn!(error = %e, position = pos, "cannot store the consumer position; will retry"),
+        }
     }
 
     /// Number of records after the committed position (consumer lag).
@@ -403,16 +587,15 @@ impl EmbeddedSubscriber {
     }
 }
 
-fn store_position(db: &Database, topic: Topic, pos: u64) -> Result<(), BusError> {
+fn store_position(db: &Database, topic: Topic, pos: u64) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate);
     {
-        let mut txn = db.begin_write().map_err(storage_err)?;
-        txn.set_durability(Durability::Immediate);
-        {
-            let mut meta = txn.open_table(META).map_err(storage_err)?;
-            meta.insert(position_key(topic), pos).map_err(storage_err)?;
-        }
-        txn.commit().map_err(storage_err)
+        let mut meta = txn.open_table(META)?;
+        meta.insert(position_key(topic), pos)?;
     }
+    txn.commit()?;
+    Ok(())
 }
 
 #[async_trait]
@@ -432,13 +615,7 @@ impl Subscriber for EmbeddedSubscriber {
                 }
                 // Retention removed what we were about to read: skip ahead.
                 let head = *self.head.borrow();
-                let first = (|| -> Result<Option<u64>, BusError> {
-                    let txn = self.db.begin_read().map_err(storage_err)?;
-                    let t = txn.open_table(table(self.topic)).map_err(storage_err)?;
-                    let first = t.first().map_err(storage_err)?.map(|(k, _)| k.value());
-                    Ok(first)
-                })()?;
-                self.next_read = first.unwrap_or(head).max(self.next_read);
+                self.next_read = self.first()?.unwrap_or(head).max(self.next_read);
                 continue;
             }
             match tokio::time::timeout_at(deadline, self.head.changed()).await {
@@ -450,24 +627,26 @@ impl Subscriber for EmbeddedSubscriber {
     }
 
     async fn ack(&mut self, positions: &[Position]) -> Result<(), BusError> {
-        let mut moved = None;
         for p in positions {
-            if let Some((_, next)) = self.tracker.ack(*p) {
-                moved = Some(next as u64);
-            }
+            self.tracker.ack(*p);
         }
-        if let Some(next) = moved {
-            if next > self.committed {
-                self.store_position(next).await?;
-                self.committed = next;
-                m::consumer_lag(self.topic.as_str(), 0, self.lag());
-            }
+        let next = self.tracker.committable().map(|(_, c)| c as u64).max().unwrap_or(self.committed);
+        if next > self.committed {
+            self.store_position(next).await;
         }
         Ok(())
     }
 
     async fn commit(&mut self) -> Result<(), BusError> {
-        // Positions are stored durably on every ack that moves them.
+        // Positions are stored on every ack that moves them; this retries one
+        // whose store failed.
+        let next = self.tracker.committable().map(|(_, c)| c as u64).max().unwrap_or(self.committed);
+        if next > self.committed {
+            self.store_position(next).await;
+            if self.committed < next {
+                return Err(BusError::Unavailable("cannot store the consumer position".into()));
+            }
+        }
         Ok(())
     }
 }

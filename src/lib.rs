@@ -13,6 +13,7 @@
 //! | [`server`] | the HTTP accept loop: header-read deadline, peer address, graceful drain |
 //! | [`metrics`] | the name of every metric |
 //! | [`telemetry`] | structured logging |
+//! | [`sim`] | the Brevo simulator (`sluice brevo-sim`): a faithful fake of the API for tests and local development |
 //!
 //! [`run`] wires them for a [`Role`]: `serve` (both halves), `ingress`, or
 //! `forward`, and owns graceful shutdown.
@@ -25,6 +26,7 @@ pub mod forward;
 pub mod ingress;
 pub mod metrics;
 pub mod server;
+pub mod sim;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -150,7 +152,8 @@ fn health_router(bus: Bus, handle: metrics_exporter_prometheus::PrometheusHandle
         .route("/metrics", get(move || async move { handle.render() }))
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

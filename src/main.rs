@@ -34,6 +34,41 @@ enum Command {
     Forward(ConfigArg),
     /// Validate a config and print the effective one, secrets redacted.
     CheckConfig(ConfigArg),
+    /// Run the Brevo API simulator (tests and local development).
+    BrevoSim(BrevoSimArgs),
+}
+
+#[derive(clap::Args)]
+struct BrevoSimArgs {
+    /// Address to listen on; the API root is http://ADDR/v3.
+    #[arg(long, default_value = "127.0.0.1:8025")]
+    listen: std::net::SocketAddr,
+    /// The only `api-key` header value accepted.
+    #[arg(long, env = "BREVO_SIM_API_KEY")]
+    api_key: String,
+    /// Rate-limit preset: general, professional or enterprise.
+    #[arg(long, default_value = "general")]
+    plan: sluice::sim::Plan,
+    /// Disable rate limiting altogether.
+    #[arg(long)]
+    unlimited: bool,
+}
+
+fn brevo_sim(args: &BrevoSimArgs) -> ExitCode {
+    sluice::telemetry::init(&sluice::config::LogConfig::default());
+    let mut cfg = sluice::sim::SimConfig::new(args.api_key.clone()).listen(args.listen).plan(args.plan);
+    if args.unlimited {
+        cfg = cfg.limits(sluice::sim::RateLimits::unlimited());
+    }
+    let result =
+        tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(sluice::sim::run(cfg)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice brevo-sim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load(arg: &ConfigArg) -> Result<Config, String> {
@@ -46,6 +81,7 @@ fn load(arg: &ConfigArg) -> Result<Config, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (arg, role) = match &cli.command {
+        Command::BrevoSim(args) => return brevo_sim(args),
         Command::Serve(a) => (a, Some(Role::Serve)),
         Command::Ingress(a) => (a, Some(Role::Ingress)),
         Command::Forward(a) => (a, Some(Role::Forward)),

@@ -100,10 +100,11 @@ pub fn decompression(source: &'static str, compressed: usize, inflated: usize) {
     }
 }
 
-/// A duplicate suppressed at `stage` (`amplitude_insert_id`, `webhook_id`,
-/// `forwarder`).
-pub fn dedup_hit(stage: &'static str, n: usize) {
-    counter!(DEDUP_HITS, "stage" => stage).increment(n as u64);
+/// A duplicate suppressed at `stage` (`amplitude_insert_id`,
+/// `webhook_<source name>` — one per configured webhook source, so bounded
+/// by the config — `forwarder`).
+pub fn dedup_hit(stage: &str, n: usize) {
+    counter!(DEDUP_HITS, "stage" => stage.to_string()).increment(n as u64);
 }
 
 pub fn ready(ok: bool) {

@@ -56,15 +56,25 @@ pub enum IngressError {
     /// A bug; never caused by client input (500).
     #[error("internal error")]
     Internal(String),
+    /// An API key that is not configured. Amplitude answers this with 400
+    /// (not 401) and echoes the key; SDKs match the `Invalid API key:`
+    /// prefix. Display leaves the key out so logs never carry it.
+    #[error("invalid API key")]
+    InvalidApiKey { key: String },
+    /// The route exists but not for this method (405).
+    #[error("method not allowed")]
+    MethodNotAllowed,
 }
 
 impl IngressError {
     pub fn status(&self) -> StatusCode {
         match self {
             IngressError::TooLarge { .. } | IngressError::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            IngressError::Malformed { .. } | IngressError::MissingField { .. } | IngressError::InvalidEvents { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            IngressError::Malformed { .. }
+            | IngressError::MissingField { .. }
+            | IngressError::InvalidEvents { .. }
+            | IngressError::InvalidApiKey { .. } => StatusCode::BAD_REQUEST,
+            IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             IngressError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             IngressError::UnknownSource => StatusCode::NOT_FOUND,
             IngressError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -86,6 +96,8 @@ impl IngressError {
             IngressError::Unavailable { .. } => "bus_unavailable",
             IngressError::Overloaded { .. } => "overloaded",
             IngressError::Internal(_) => "internal",
+            IngressError::InvalidApiKey { .. } => "invalid_api_key",
+            IngressError::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -143,10 +155,22 @@ impl IngressError {
             IngressError::Throttled { details } => {
                 with_details(code, "Too many requests for some devices and users", details)
             }
+            // Echoing the key is what Amplitude does. It only tells the
+            // caller what it sent itself, and the key matched nothing
+            // configured, so no secret leaves; it is capped so a huge
+            // value is not reflected whole.
+            IngressError::InvalidApiKey { key } => {
+                let shown: String = key.chars().take(INVALID_KEY_ECHO_CHARS).collect();
+                json!({"code": code, "error": format!("Invalid API key: {shown}")})
+            }
             _ => json!({"code": code, "error": message}),
         }
     }
 }
+
+/// How much of a refused API key the Amplitude body echoes (real keys are
+/// 32 characters).
+const INVALID_KEY_ECHO_CHARS: usize = 128;
 
 fn with_details(code: u16, error: &str, details: &Map<String, Value>) -> Value {
     let mut obj = Map::new();

@@ -317,6 +317,46 @@ pub struct Mapping<'a> {
     pub lists: &'a [ListRule],
 }
 
+/// Brevo's rule for event names and property keys.
+pub fn is_brevo_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 255 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Mapping<'_> {
+    /// Refuse mappings Brevo would reject on every event; the error names the
+    /// field below the connector and says what is wrong.
+    fn validate(&self) -> Result<(), (String, String)> {
+        for (from, to) in self.event_mapping {
+            if !is_brevo_name(to) {
+                return Err((
+                    format!("event_mapping.{from}"),
+                    format!("{to:?} is not a Brevo event name (1-255 characters of [A-Za-z0-9_-])"),
+                ));
+            }
+        }
+        for (from, to) in self.property_mapping {
+            if to.is_empty() || to.len() > 255 {
+                return Err((
+                    format!("property_mapping.{from}"),
+                    "the Brevo attribute name must be 1-255 characters".into(),
+                ));
+            }
+        }
+        for (i, l) in self.lists.iter().enumerate() {
+            if l.id <= 0 {
+                return Err((format!("lists[{i}].id"), "Brevo list ids are positive integers".into()));
+            }
+            if l.add_on_events.is_empty() && l.remove_on_events.is_empty() && l.when_property.is_none() {
+                return Err((
+                    format!("lists[{i}]"),
+                    "a list rule needs add_on_events, remove_on_events or when_property".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 macro_rules! mapping_view {
     ($($t:ty),*) => {$(
         impl $t {
@@ -585,6 +625,25 @@ pub struct BrevoConfig {
     /// Envelope ids remembered to suppress redelivered duplicates.
     #[serde(default = "default_forward_dedup_entries")]
     pub dedup_max_entries: usize,
+    /// How long an envelope id is remembered after Brevo accepted it.
+    #[serde(default = "default_forward_dedup_window_secs")]
+    pub dedup_window_secs: u64,
+    /// Independent delivery lanes. Users are hashed onto lanes; a lane sends
+    /// one request at a time, so one user's calls keep their order while
+    /// other lanes use the rate budget. More lanes hide Brevo's latency.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Slack added to the one-second rate window. Not needed against a
+    /// server that counts a request before answering it (the limiter starts
+    /// each token's period at the answer); for coarser server clocks.
+    /// Costs `margin / 1 s` of the budget.
+    #[serde(default = "default_rate_limit_margin_ms")]
+    pub rate_limit_margin_ms: u64,
+    /// Brevo list that every contact upserted through `/v3/contacts/import`
+    /// joins when no `lists` rule names one (Brevo's import requires a list).
+    /// Without it, such upserts go one by one through `POST /v3/contacts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_list_id: Option<i64>,
 }
 
 fn default_brevo_base_url() -> String {
@@ -611,6 +670,15 @@ fn default_max_backoff_ms() -> u64 {
 fn default_forward_dedup_entries() -> usize {
     100_000
 }
+fn default_forward_dedup_window_secs() -> u64 {
+    24 * 3600
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_rate_limit_margin_ms() -> u64 {
+    0
+}
 
 impl Default for BrevoConfig {
     fn default() -> Self {
@@ -626,6 +694,10 @@ impl Default for BrevoConfig {
             initial_backoff_ms: default_initial_backoff_ms(),
             max_backoff_ms: default_max_backoff_ms(),
             dedup_max_entries: default_forward_dedup_entries(),
+            dedup_window_secs: default_forward_dedup_window_secs(),
+            concurrency: default_concurrency(),
+            rate_limit_margin_ms: default_rate_limit_margin_ms(),
+            default_list_id: None,
         }
     }
 }
@@ -737,6 +809,33 @@ impl Config {
         }
         if self.brevo.max_batch_bytes == 0 || self.brevo.max_batch_bytes > 512 * 1024 {
             return Err(invalid("brevo.max_batch_bytes", "must be 1..=524288 (Brevo's 512 KB limit)".into()));
+        }
+        if self.brevo.concurrency == 0 || self.brevo.concurrency > 256 {
+            return Err(invalid("brevo.concurrency", "must be 1..=256".into()));
+        }
+        for (class, budget) in [
+            ("events", &self.brevo.rate_limits.events),
+            ("contacts", &self.brevo.rate_limits.contacts),
+            ("other", &self.brevo.rate_limits.other),
+        ] {
+            if let Some(b) = budget {
+                if !(b.per_second > 0.0 && b.per_hour >= 1.0 && b.per_second.is_finite() && b.per_hour.is_finite()) {
+                    return Err(invalid(
+                        &format!("brevo.rate_limits.{class}"),
+                        "per_second must be > 0 and per_hour >= 1".into(),
+                    ));
+                }
+            }
+        }
+        let mut mappings = vec![
+            ("connectors.posthog".to_string(), self.connectors.posthog.mapping()),
+            ("connectors.amplitude".to_string(), self.connectors.amplitude.mapping()),
+        ];
+        for (i, w) in self.connectors.webhooks.iter().enumerate() {
+            mappings.push((format!("connectors.webhooks[{i}]"), w.mapping()));
+        }
+        for (key, m) in mappings {
+            m.validate().map_err(|(field, message)| invalid(&format!("{key}.{field}"), message))?;
         }
         if self.bus.kafka.partitions < 1 {
             return Err(invalid("bus.kafka.partitions", "must be at least 1".into()));

@@ -34,8 +34,25 @@ enum Command {
     Forward(ConfigArg),
     /// Validate a config and print the effective one, secrets redacted.
     CheckConfig(ConfigArg),
+    /// Print the Brevo requests that envelopes (JSON lines on stdin) map to,
+    /// without sending anything.
+    Map(ConfigArg),
+    /// Inspect or re-drive the dead-letter topic.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Run the Brevo API simulator (tests and local development).
     BrevoSim(BrevoSimArgs),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Print pending dead letters as JSON lines (changes nothing).
+    List(ConfigArg),
+    /// Republish pending dead letters' envelopes to the events topic (after
+    /// a mapping fix) and mark the letters done.
+    Replay(ConfigArg),
 }
 
 #[derive(clap::Args)]
@@ -86,6 +103,9 @@ fn main() -> ExitCode {
         Command::Ingress(a) => (a, Some(Role::Ingress)),
         Command::Forward(a) => (a, Some(Role::Forward)),
         Command::CheckConfig(a) => (a, None),
+        Command::Map(a) => return forward_tool(a, ForwardTool::Map),
+        Command::Dlq { command: DlqCommand::List(a) } => return forward_tool(a, ForwardTool::DlqList),
+        Command::Dlq { command: DlqCommand::Replay(a) } => return forward_tool(a, ForwardTool::DlqReplay),
     };
     let config = match load(arg) {
         Ok(c) => c,
@@ -110,6 +130,63 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "sluice failed");
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum ForwardTool {
+    Map,
+    DlqList,
+    DlqReplay,
+}
+
+/// `sluice map` and `sluice dlq ...`: output on stdout, diagnostics on stderr.
+fn forward_tool(arg: &ConfigArg, tool: ForwardTool) -> ExitCode {
+    let config = match load(arg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let result = match tool {
+        ForwardTool::Map => sluice::forward::preview::run(&config, std::io::stdin().lock(), &mut out).map(|s| {
+            format!(
+                "{} envelopes: {} requests, {} skipped, {} dead letters, {} unreadable lines",
+                s.envelopes, s.requests, s.skipped, s.dead_letters, s.errors
+            )
+        }),
+        ForwardTool::DlqList | ForwardTool::DlqReplay => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("sluice: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(async {
+                let bus = sluice::bus::Bus::open(&config.bus).await?;
+                let kind = config.bus.kind;
+                match tool {
+                    ForwardTool::DlqList => sluice::forward::dlq::list(&bus, kind, &mut out)
+                        .await
+                        .map(|n| format!("{n} dead letters pending")),
+                    _ => sluice::forward::dlq::replay(&bus, kind, &mut out)
+                        .await
+                        .map(|r| format!("{} replayed, {} without an envelope", r.replayed, r.unreplayable)),
+                }
+            })
+        }
+    };
+    match result {
+        Ok(summary) => {
+            eprintln!("sluice: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
             eprintln!("sluice: {e:#}");
             ExitCode::FAILURE
         }

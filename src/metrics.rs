@@ -45,6 +45,7 @@ pub const EVENTS_DELIVERED: &str = "sluice_events_delivered_total";
 pub const PROPERTIES_DROPPED: &str = "sluice_event_properties_dropped_total";
 pub const END_TO_END_LATENCY: &str = "sluice_end_to_end_latency_seconds";
 pub const LAST_DELIVERY: &str = "sluice_forwarder_last_delivery_timestamp_seconds";
+pub const FORWARD_SKIPPED: &str = "sluice_forwarder_skipped_total";
 
 /// Install the Prometheus recorder; the handle renders `/metrics`.
 /// Installing twice (tests) returns a handle to a fresh, unregistered
@@ -167,6 +168,12 @@ pub fn rate_limit_pause(class: &'static str) {
 
 pub fn dead_letters(reason: &'static str, n: usize) {
     counter!(DEAD_LETTERS, "reason" => reason).increment(n as u64);
+}
+
+/// Envelopes deliberately not sent to Brevo (`filtered` by `event_filters`,
+/// `unsupported_kind` for group/alias), acknowledged without a dead letter.
+pub fn forward_skipped(source: &'static str, reason: &'static str, n: usize) {
+    counter!(FORWARD_SKIPPED, "source" => source, "reason" => reason).increment(n as u64);
 }
 
 pub fn properties_dropped(n: usize) {

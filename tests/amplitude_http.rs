@@ -37,11 +37,17 @@ struct Harness {
 
 impl Harness {
     fn new(amplitude_yaml: &str) -> Harness {
+        Harness::build(amplitude_yaml, None)
+    }
+
+    /// `data_dir` persists the dedup window, as with the embedded bus.
+    fn build(amplitude_yaml: &str, data_dir: Option<&std::path::Path>) -> Harness {
         let yaml = format!("connectors:\n  amplitude:\n{amplitude_yaml}");
         let config = Config::from_yaml(&yaml, "test.yaml", &|_| None).expect("config");
         let bus = MemoryBus::new();
         let clock = Arc::new(TestClock(Mutex::new(DateTime::from_timestamp_millis(NOW_MS).unwrap())));
-        let state = AppState::new(Arc::new(config), Arc::new(bus.clone()), clock.clone(), None, None).expect("state");
+        let state =
+            AppState::new(Arc::new(config), Arc::new(bus.clone()), clock.clone(), None, data_dir).expect("state");
         Harness { app: ingress::router(state), bus, clock }
     }
 
@@ -116,6 +122,12 @@ async fn request_level_refusals() {
         (
             "a JSON array",
             "[1,2]".into(),
+            StatusCode::BAD_REQUEST,
+            json!({"code": 400, "error": "Invalid JSON request body"}),
+        ),
+        (
+            "an array shaped like the fields",
+            json!([KEY, [good(0)], null]).to_string(),
             StatusCode::BAD_REQUEST,
             json!({"code": 400, "error": "Invalid JSON request body"}),
         ),
@@ -208,12 +220,8 @@ async fn wrong_method_is_json_too() {
 #[tokio::test]
 async fn every_event_rule_reports_the_right_index() {
     let h = Harness::with_key();
-    let missing = |f: &str| {
-        json!({"code": 400, "error": "Request missing required field", "events_with_missing_fields": {f: [1]}})
-    };
-    let invalid = |f: &str| {
-        json!({"code": 400, "error": "Invalid field values on some events", "events_with_invalid_fields": {f: [1]}})
-    };
+    let missing = |f: &str| json!({"code": 400, "error": "Request missing required field", "events_with_missing_fields": {f: [1]}});
+    let invalid = |f: &str| json!({"code": 400, "error": "Invalid field values on some events", "events_with_invalid_fields": {f: [1]}});
     let id_length = |f: &str| {
         json!({"code": 400, "error": "Invalid id length for user_id or device_id",
             "events_with_invalid_id_lengths": {f: [1]}})
@@ -236,14 +244,30 @@ async fn every_event_rule_reports_the_right_index() {
         ("object user_id", json!({"event_type": "e", "user_id": {"a": 1}}), invalid("user_id")),
         ("bool device_id", json!({"event_type": "e", "device_id": true}), invalid("device_id")),
         ("too long user_id", json!({"event_type": "e", "user_id": "u".repeat(1025)}), invalid("user_id")),
-        ("ISO time", json!({"event_type": "e", "user_id": "user-00001", "time": "2026-01-01T00:00:00Z"}), invalid("time")),
+        (
+            "ISO time",
+            json!({"event_type": "e", "user_id": "user-00001", "time": "2026-01-01T00:00:00Z"}),
+            invalid("time"),
+        ),
         ("float time", json!({"event_type": "e", "user_id": "user-00001", "time": 1.5e12}), invalid("time")),
         ("string price", json!({"event_type": "e", "user_id": "user-00001", "price": "4.99"}), invalid("price")),
         ("string revenue", json!({"event_type": "e", "user_id": "user-00001", "revenue": "x"}), invalid("revenue")),
         ("float quantity", json!({"event_type": "e", "user_id": "user-00001", "quantity": 1.5}), invalid("quantity")),
-        ("string lat", json!({"event_type": "e", "user_id": "user-00001", "location_lat": "1"}), invalid("location_lat")),
-        ("bool lng", json!({"event_type": "e", "user_id": "user-00001", "location_lng": true}), invalid("location_lng")),
-        ("float session_id", json!({"event_type": "e", "user_id": "user-00001", "session_id": 1.5}), invalid("session_id")),
+        (
+            "string lat",
+            json!({"event_type": "e", "user_id": "user-00001", "location_lat": "1"}),
+            invalid("location_lat"),
+        ),
+        (
+            "bool lng",
+            json!({"event_type": "e", "user_id": "user-00001", "location_lng": true}),
+            invalid("location_lng"),
+        ),
+        (
+            "float session_id",
+            json!({"event_type": "e", "user_id": "user-00001", "session_id": 1.5}),
+            invalid("session_id"),
+        ),
         ("string event_id", json!({"event_type": "e", "user_id": "user-00001", "event_id": "7"}), invalid("event_id")),
         (
             "string event_properties",
@@ -262,7 +286,11 @@ async fn every_event_rule_reports_the_right_index() {
             invalid("group_properties"),
         ),
         ("string plan", json!({"event_type": "e", "user_id": "user-00001", "plan": "p"}), invalid("plan")),
-        ("numeric insert_id", json!({"event_type": "e", "user_id": "user-00001", "insert_id": 5}), invalid("insert_id")),
+        (
+            "numeric insert_id",
+            json!({"event_type": "e", "user_id": "user-00001", "insert_id": 5}),
+            invalid("insert_id"),
+        ),
         (
             "1025-char property value",
             json!({"event_type": "e", "user_id": "user-00001", "event_properties": {"a": "v".repeat(1025)}}),
@@ -390,9 +418,7 @@ async fn bus_failure_is_a_503_and_nothing_is_remembered() {
 #[tokio::test]
 async fn insert_id_duplicates_are_acknowledged_but_not_republished() {
     let h = Harness::with_key();
-    let ev = |insert: &str, device: &str| {
-        json!({"event_type": "e", "user_id": "user-00001", "device_id": device, "insert_id": insert})
-    };
+    let ev = |insert: &str, device: &str| json!({"event_type": "e", "user_id": "user-00001", "device_id": device, "insert_id": insert});
     let first = upload(vec![ev("ins-1", "device-1"), ev("ins-1", "device-1"), ev("ins-2", "device-1")]);
     assert_eq!(h.post("/2/httpapi", &first).await, (StatusCode::OK, ok_body(3, &first)));
     assert_eq!(h.published().len(), 2, "the in-request repeat is dropped");
@@ -412,6 +438,20 @@ async fn insert_id_duplicates_are_acknowledged_but_not_republished() {
         assert_eq!(h2.post("/2/httpapi", body).await.0, StatusCode::OK);
     }
     assert_eq!(h2.published().len(), 2);
+}
+
+#[tokio::test]
+async fn insert_ids_survive_a_restart_with_a_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = upload(vec![json!({"event_type": "e", "device_id": "device-1", "insert_id": "ins-restart"})]);
+    let first = Harness::build(&format!("    api_keys: [\"{KEY}\"]\n"), Some(dir.path()));
+    assert_eq!(first.post("/2/httpapi", &body).await, (StatusCode::OK, ok_body(1, &body)));
+    assert_eq!(first.published().len(), 1);
+    drop(first);
+    // A fresh state on the same directory, as after a restart of an embedded-bus process.
+    let second = Harness::build(&format!("    api_keys: [\"{KEY}\"]\n"), Some(dir.path()));
+    assert_eq!(second.post("/2/httpapi", &body).await, (StatusCode::OK, ok_body(1, &body)));
+    assert!(second.published().is_empty(), "acknowledged, not published again");
 }
 
 #[tokio::test]
@@ -436,11 +476,16 @@ async fn eps_throttle_answers_amplitudes_429() {
 async fn identify_api_form_query_and_multipart() {
     let h = Harness::with_key();
     let ident = r#"[{"user_id":"user-00001","device_id":"device-0001","user_properties":{"$set":{"email":"a@b.co"},"plan":"pro"},"paying":"true"}]"#;
-    let form: String =
-        url::form_urlencoded::Serializer::new(String::new()).append_pair("api_key", KEY).append_pair("identification", ident).finish();
+    let form: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("api_key", KEY)
+        .append_pair("identification", ident)
+        .finish();
     let (status, got) = h.send(Method::POST, "/identify", "application/x-www-form-urlencoded", form.clone()).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(got, json!({"code": 200, "events_ingested": 1, "payload_size_bytes": form.len(), "server_upload_time": NOW_MS}));
+    assert_eq!(
+        got,
+        json!({"code": 200, "events_ingested": 1, "payload_size_bytes": form.len(), "server_upload_time": NOW_MS})
+    );
 
     let (status, got) = h.send(Method::GET, &format!("/identify?{form}"), "text/plain", "").await;
     assert_eq!((status, got["events_ingested"].clone()), (StatusCode::OK, json!(1)));

@@ -36,6 +36,22 @@ async fn run(script: &str, path: &str, expect: usize) -> Option<Run> {
         .expect("python task");
     let report: Value = serde_json::from_str(out.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("{script} printed no report ({e}):\n{out}\nsluice log:\n{}", sluice.logs()));
+    // An unknown key is answered like Amplitude (the SDK matches the
+    // prefix), and neither it nor the configured key reaches the log.
+    let wrong = "wrong-key-never-logged";
+    let resp = reqwest::Client::new()
+        .post(format!("{}/2/httpapi", sluice.base))
+        .json(&json!({"api_key": wrong, "events": [{"event_type": "e", "user_id": "user-00001"}]}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: Value = resp.json().await.expect("JSON body");
+    assert_eq!(body, json!({"code": 400, "error": format!("Invalid API key: {wrong}")}));
+    let logs = sluice.logs();
+    assert!(logs.contains("invalid_api_key"), "the refusal is logged with its reason:\n{logs}");
+    assert!(!logs.contains(KEY) && !logs.contains(wrong), "an API key reached the log:\n{logs}");
+
     // Ask for one more than expected: anything beyond `expect` would be a
     // duplicate or a leaked invalid event (the read then runs its full wait).
     let mut envelopes = common::read_events(&brokers, &topic, expect + 1, Duration::from_secs(20)).await;
@@ -64,7 +80,10 @@ async fn sdk_normal_tracking_over_http_v2_and_batch() {
         let revenue = run.envelopes.iter().find(|e| e.id == "sdk-revenue-0").expect("revenue envelope");
         assert_eq!((revenue.kind, revenue.name.as_str()), (Kind::Track, "revenue_amount"));
         let r = revenue.revenue.as_ref().expect("typed revenue");
-        assert_eq!((r.price, r.quantity, r.amount, r.product_id.as_deref()), (Some(3.5), Some(2), Some(7.0), Some("prod-1")));
+        assert_eq!(
+            (r.price, r.quantity, r.amount, r.product_id.as_deref()),
+            (Some(3.5), Some(2), Some(7.0), Some("prod-1"))
+        );
 
         let e = run.envelopes.iter().find(|e| e.id == "sdk-track-3").expect("track envelope");
         assert_eq!((e.kind, e.name.as_str(), e.project.as_str()), (Kind::Track, "Song Played", KEY));

@@ -12,9 +12,8 @@ use sluice::ingress::IngressError;
 const PLACEHOLDERS: &[&str] = &["anonymous", "undefined", "unknown", "lmy47d"];
 
 fn id() -> impl Strategy<Value = String> {
-    "[A-Za-z0-9._@-]{5,40}".prop_filter("not a placeholder id", |s| {
-        !PLACEHOLDERS.iter().any(|p| s.eq_ignore_ascii_case(p))
-    })
+    "[A-Za-z0-9._@-]{5,40}"
+        .prop_filter("not a placeholder id", |s| !PLACEHOLDERS.iter().any(|p| s.eq_ignore_ascii_case(p)))
 }
 
 fn scalar() -> impl Strategy<Value = Value> {

@@ -207,41 +207,57 @@ async fn ingest(
     let amp = &state.amplitude;
     let n = accepted.len();
     let now_sec = received_at.timestamp();
-    let senders: Vec<Sender<'_>> =
-        accepted.iter().map(|a| Sender { user_id: a.user_id.as_deref(), device_id: a.device_id.as_deref() }).collect();
-    if let Err(e) = amp.throttle.check(project, &senders, now_sec) {
-        return refuse(SOURCE, Dialect::Amplitude, e, n);
+    if amp.throttle.enabled() {
+        let who: Vec<Sender<'_>> = accepted.iter().map(|a| sender(&a.user_id, &a.device_id)).collect();
+        if let Err(e) = amp.throttle.check(project, &who, now_sec) {
+            return refuse(SOURCE, Dialect::Amplitude, e, n);
+        }
     }
 
     let mut keys = Vec::new();
     let mut in_request = HashSet::new();
-    let mut fresh = vec![true; n];
     let mut repeated_in_request = 0;
-    for (i, a) in accepted.iter().enumerate() {
-        let Some(insert_id) = &a.insert_id else { continue };
-        let key = dedup_key(project, a, insert_id);
-        if in_request.contains(&key) {
-            repeated_in_request += 1;
-            fresh[i] = false;
-        } else if amp.dedup.seen(&key) {
-            fresh[i] = false;
-        } else {
-            in_request.insert(key.clone());
-            keys.push(key);
+    let mut events: Vec<Event> = Vec::with_capacity(n);
+    let mut who = Vec::with_capacity(n);
+    for a in accepted {
+        let fresh = match &a.insert_id {
+            None => true,
+            Some(insert_id) => {
+                let key = dedup_key(project, &a, insert_id);
+                if in_request.contains(&key) {
+                    repeated_in_request += 1;
+                    false
+                } else if amp.dedup.seen(&key) {
+                    false
+                } else {
+                    in_request.insert(key.clone());
+                    keys.push(key);
+                    true
+                }
+            }
+        };
+        if fresh {
+            events.push(a.event);
         }
+        who.push((a.user_id, a.device_id));
     }
     if repeated_in_request > 0 {
         m::dedup_hit(DEDUP_STORE, repeated_in_request);
     }
-    let events: Vec<Event> =
-        accepted.iter().zip(&fresh).filter(|(_, keep)| **keep).map(|(a, _)| a.event.clone()).collect();
 
     if let Err(e) = publish(state, SOURCE, &events).await {
         return refuse(SOURCE, Dialect::Amplitude, e, n);
     }
     amp.dedup.remember(keys.iter().map(String::as_str));
-    amp.throttle.record(project, &senders, now_sec);
+    if amp.throttle.enabled() {
+        let who: Vec<Sender<'_>> = who.iter().map(|(u, d)| sender(u, d)).collect();
+        amp.throttle.record(project, &who, now_sec);
+    }
     success(n, payload_bytes, received_at)
+}
+
+fn sender<'a>(user_id: &'a Option<String>, device_id: &'a Option<String>) -> Sender<'a> {
+    Sender { user_id: user_id.as_deref(), device_id: device_id.as_deref() }
 }
 
 /// Amplitude scopes insert_id dedup to the project and the device (the user

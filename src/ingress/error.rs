@@ -16,6 +16,9 @@ use crate::bus::BusError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Posthog,
+    /// PostHog's capture v1 (`/i/v1/analytics/events`):
+    /// `{error, error_description, error_uri}`.
+    PosthogV1,
     Amplitude,
     Webhook,
 }
@@ -50,6 +53,9 @@ pub enum IngressError {
     /// The bus refused or timed out; the client should retry (503).
     #[error("event bus unavailable")]
     Unavailable { retry_after_secs: u64 },
+    /// The whole request took longer than `server.request_timeout_secs` (408).
+    #[error("request timeout")]
+    Timeout,
     /// Concurrency cap reached (503).
     #[error("server overloaded")]
     Overloaded { retry_after_secs: u64 },
@@ -64,6 +70,9 @@ pub enum IngressError {
     /// The route exists but not for this method (405).
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A content type or content encoding the route does not speak (415).
+    #[error("{message}")]
+    Unsupported { code: &'static str, message: String },
 }
 
 impl IngressError {
@@ -77,9 +86,11 @@ impl IngressError {
             IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             IngressError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             IngressError::UnknownSource => StatusCode::NOT_FOUND,
+            IngressError::Timeout => StatusCode::REQUEST_TIMEOUT,
             IngressError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngressError::Unavailable { .. } | IngressError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IngressError::Unsupported { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -92,12 +103,14 @@ impl IngressError {
             IngressError::InvalidEvents { .. } => "invalid_events",
             IngressError::Unauthorized { code, .. } => code,
             IngressError::UnknownSource => "unknown_source",
+            IngressError::Timeout => "timeout",
             IngressError::Throttled { .. } => "throttled",
             IngressError::Unavailable { .. } => "bus_unavailable",
             IngressError::Overloaded { .. } => "overloaded",
             IngressError::Internal(_) => "internal",
             IngressError::InvalidApiKey { .. } => "invalid_api_key",
             IngressError::MethodNotAllowed => "method_not_allowed",
+            IngressError::Unsupported { code, .. } => code,
         }
     }
 
@@ -119,6 +132,11 @@ impl IngressError {
         };
         let body = match dialect {
             Dialect::Amplitude => self.amplitude_body(status, message),
+            Dialect::PosthogV1 => json!({
+                "error": self.reason(),
+                "error_description": message,
+                "error_uri": "https://posthog.com/docs/api",
+            }),
             Dialect::Posthog | Dialect::Webhook => {
                 let kind = match status.as_u16() {
                     401 => "authentication_error",

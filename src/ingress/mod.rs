@@ -182,8 +182,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/batch", any(batch))
-        .route("/batch/", any(batch))
+        .route("/batch", any(batch).layer(posthog::cors()))
+        .route("/batch/", any(batch).layer(posthog::cors()))
         .merge(posthog::routes())
         .merge(amplitude::routes())
         .merge(webhook::routes())
@@ -209,17 +209,24 @@ impl Admission {
 }
 
 async fn admit(State(adm): State<Arc<Admission>>, req: Request, next: Next) -> Response {
+    let dialect = dialect_for(req.uri().path());
     let Ok(_permit) = adm.permits.clone().try_acquire_owned() else {
-        m::events_rejected("http", "overloaded", 1);
-        return IngressError::Overloaded { retry_after_secs: 1 }.render(Dialect::Posthog);
+        return refuse("http", dialect, IngressError::Overloaded { retry_after_secs: 1 }, 1);
     };
     match tokio::time::timeout(adm.timeout, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) => {
-            m::events_rejected("http", "timeout", 1);
-            (StatusCode::REQUEST_TIMEOUT, axum::Json(serde_json::json!({"code": 408, "error": "request timeout"})))
-                .into_response()
-        }
+        Err(_) => refuse("http", dialect, IngressError::Timeout, 1),
+    }
+}
+
+/// Which dialect a refusal made before routing is written in. `/batch` is
+/// shared and its body is unknown here: PostHog's (Amplitude's SDK reads
+/// only the status of a 503 or 408).
+fn dialect_for(path: &str) -> Dialect {
+    match path.trim_end_matches('/') {
+        "/2/httpapi" | "/identify" => Dialect::Amplitude,
+        p if p.starts_with("/webhooks/") => Dialect::Webhook,
+        _ => Dialect::Posthog,
     }
 }
 
@@ -417,6 +424,14 @@ mod tests {
             assert_ne!(got, bad);
             assert_eq!(got.len(), 32, "{got}");
         }
+    }
+
+    #[test]
+    fn refusals_before_routing_speak_the_route_dialect() {
+        assert_eq!(dialect_for("/2/httpapi"), Dialect::Amplitude);
+        assert_eq!(dialect_for("/identify/"), Dialect::Amplitude);
+        assert_eq!(dialect_for("/webhooks/stripe"), Dialect::Webhook);
+        assert_eq!(dialect_for("/i/v0/e/"), Dialect::Posthog);
     }
 
     #[test]

@@ -1,49 +1,190 @@
-//! PostHog capture: the routes every PostHog SDK posts to.
+//! PostHog capture: every route, body shape and encoding the PostHog SDKs
+//! send, answered the way PostHog answers.
 //!
-//! Foundation scope: a single JSON event or a JSON batch on the capture
-//! routes, token and distinct_id checks, normalization into an [`Event`].
-//! Compression, form bodies, CORS and capture v1 come with the PostHog issue.
+//! - v0 (`/e`, `/i/v0/e`, `/capture`, `/track`, `/engage`, `/batch`, each
+//!   also with a trailing slash; POST, GET `?data=`): [`decode`] turns the
+//!   request into envelopes, [`handle`] publishes them and answers
+//!   `200 {"status": 1}` (204 for `beacon=1`).
+//! - v1 (`POST /i/v1/analytics/events`, Bearer token, per-event results):
+//!   see [`v1`].
+//! - CORS: [`cors`] reflects the caller's origin with credentials on every
+//!   route here and on `/batch`, and answers preflights.
+//!
+//! Submodules: `decode` (where the payload sits and how it is wrapped),
+//! `lz64` (capped LZ-string), `normalize` (one wire event → [`Event`]), `v1`.
+
+mod decode;
+mod lz64;
+mod normalize;
+#[cfg(test)]
+mod tests;
+pub mod v1;
+
+use std::net::IpAddr;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{get, post};
 use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use super::{publish, refuse, AppState, Dialect, IngressError, RawRequest};
 use crate::config::Config;
-use crate::event::{Event, Kind, Source};
+use crate::event::{new_id, Event, Library};
+pub use normalize::{kind_of, parse_time, DISTINCT_ID_MAX_CHARS};
 
-/// Body limit on `/batch` (PostHog: 20 MiB).
+/// Body limit on `/batch` and the v1 route (PostHog: 20 MiB).
 pub const BATCH_BODY_LIMIT: usize = 20 * 1024 * 1024;
 /// Body limit on every other capture route (PostHog: 2 MiB).
 pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// What a body may inflate to once decompressed and unwrapped. Decoders
+/// stop one byte past it, so a gzip bomb costs at most this much memory.
+pub const DECOMPRESSED_LIMIT: usize = 20 * 1024 * 1024;
+/// One event's JSON may not exceed this (PostHog: 1 MB).
+pub const EVENT_SIZE_LIMIT: usize = 1_000_000;
+/// Longest accepted project token (PostHog: 64, ASCII).
+pub const TOKEN_MAX_LEN: usize = 64;
+
+/// The v0 capture routes; each is also served with a trailing slash.
+pub const CAPTURE_PATHS: [&str; 5] = ["/e", "/i/v0/e", "/capture", "/track", "/engage"];
 
 const SOURCE: &str = "posthog";
 
 /// Accepted project tokens.
 pub struct PosthogState {
+    /// Empty means open mode: any well-formed token is accepted.
     tokens: Vec<String>,
 }
 
 impl PosthogState {
     pub fn new(cfg: &Config) -> anyhow::Result<PosthogState> {
-        Ok(PosthogState {
-            tokens: cfg.connectors.posthog.project_tokens.iter().map(|t| t.expose().to_string()).collect(),
-        })
+        Ok(PosthogState::from_tokens(cfg.connectors.posthog.project_tokens.iter().map(|t| t.expose().to_string())))
+    }
+
+    /// A state accepting exactly `tokens` (none: open mode).
+    pub fn from_tokens(tokens: impl IntoIterator<Item = String>) -> PosthogState {
+        PosthogState { tokens: tokens.into_iter().collect() }
     }
 
     fn accepts(&self, token: &str) -> bool {
         self.tokens.is_empty() || self.tokens.iter().any(|t| t == token)
     }
+
+    /// PostHog's token rules (trimmed, non-empty, ≤ 64 ASCII characters, no
+    /// NUL, not a `phx_` personal key), then the configured allow-list.
+    pub fn check_token(&self, raw: &str) -> Result<String, IngressError> {
+        let token = raw.trim();
+        let refuse = |code: &'static str, message: &str| IngressError::Unauthorized { code, message: message.into() };
+        if token.is_empty() {
+            return Err(refuse("missing_token", "the project token is empty"));
+        }
+        if token.len() > TOKEN_MAX_LEN || !token.is_ascii() || token.contains('\0') {
+            return Err(refuse("invalid_token", "the project token is malformed"));
+        }
+        if token.starts_with("phx_") {
+            return Err(refuse(
+                "personal_api_key",
+                "a personal API key (phx_) cannot capture events; use the project token (phc_)",
+            ));
+        }
+        if !self.accepts(token) {
+            return Err(refuse("invalid_token", "project token is not valid"));
+        }
+        Ok(token.to_string())
+    }
 }
 
+/// What decoding needs to know about an HTTP request besides its body.
+#[derive(Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// The request path (`/engage` changes how a nameless event is read).
+    pub path: &'a str,
+    /// The raw query string, without `?`.
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// The TCP peer, used for the client ip when no proxy header names one.
+    pub peer: Option<IpAddr>,
+}
+
+impl<'a> RequestFacts<'a> {
+    pub fn of(raw: &'a RawRequest) -> RequestFacts<'a> {
+        RequestFacts {
+            path: &raw.path,
+            query: raw.query.as_deref(),
+            headers: &raw.headers,
+            peer: raw.peer.map(|p| p.ip()),
+        }
+    }
+
+    /// First value of a query parameter, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let q = self.query?;
+        url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    }
+
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The media type without parameters, lower-cased.
+    pub fn mime_type(&self) -> Option<String> {
+        self.header("content-type").map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+    }
+
+    fn is_engage(&self) -> bool {
+        self.path.trim_end_matches('/') == "/engage"
+    }
+
+    /// `beacon=1`: the browser's sendBeacon ignores the body, answer 204.
+    pub fn beacon(&self) -> bool {
+        self.query_param("beacon").is_some_and(|b| b.trim() == "1")
+    }
+
+    /// The client's address: the first `X-Forwarded-For` hop (Sluice runs
+    /// behind an ingress or load balancer), else `X-Real-IP`, else the peer.
+    /// Like PostHog's capture this trusts the header; it only ever feeds
+    /// `context.ip`, never an access decision.
+    pub fn client_ip(&self) -> Option<String> {
+        let forwarded = self
+            .header("x-forwarded-for")
+            .and_then(|v| v.split(',').next())
+            .or_else(|| self.header("x-real-ip"))
+            .and_then(|v| v.trim().parse::<IpAddr>().ok());
+        forwarded.or(self.peer).map(|ip| ip.to_string())
+    }
+
+    pub fn user_agent(&self) -> Option<String> {
+        self.header("user-agent").filter(|u| !u.is_empty()).map(str::to_string)
+    }
+}
+
+/// Routes served here (`/batch` is routed in `ingress::router` by body shape).
 pub fn routes() -> Router<AppState> {
     let mut r = Router::new();
-    for path in ["/e", "/i/v0/e", "/capture", "/track", "/engage"] {
-        r = r.route(path, any(capture)).route(&format!("{path}/"), any(capture));
+    for path in CAPTURE_PATHS {
+        r = r.route(path, get(capture).post(capture)).route(&format!("{path}/"), get(capture).post(capture));
     }
-    r
+    r = r.route(v1::PATH, post(v1::capture)).route(&format!("{}/", v1::PATH), post(v1::capture));
+    r.layer(cors())
+}
+
+/// posthog-js runs on the customer's own origin, and some of its transports
+/// send credentialed requests; a credentialed response must name the origin
+/// (never `*`), so the caller's origin, method and headers are reflected, as
+/// PostHog does. Every OPTIONS is answered by this layer.
+pub fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_credentials(true)
+        .allow_methods(AllowMethods::mirror_request())
+        .allow_headers(AllowHeaders::mirror_request())
+        .max_age(Duration::from_secs(3600))
 }
 
 async fn capture(State(state): State<AppState>, req: Request) -> Response {
@@ -53,115 +194,216 @@ async fn capture(State(state): State<AppState>, req: Request) -> Response {
     }
 }
 
-/// Decode, validate, publish, answer.
+/// Decode, validate, publish, answer: the v0 capture request cycle.
 pub async fn handle(state: &AppState, raw: RawRequest) -> Response {
-    let events = match decode(state, &raw) {
+    let facts = RequestFacts::of(&raw);
+    let events = match decode(&state.posthog, &facts, &raw.body, state.clock.now()) {
         Ok(e) => e,
         Err(e) => return refuse(SOURCE, Dialect::Posthog, e, 1),
     };
+    crate::metrics::request_size(SOURCE, raw.body.len(), events.len());
     match publish(state, SOURCE, &events).await {
-        Ok(()) => axum::Json(serde_json::json!({"status": 1})).into_response(),
+        Ok(()) => ok(facts.beacon()),
         Err(e) => refuse(SOURCE, Dialect::Posthog, e, events.len()),
     }
 }
 
-fn decode(state: &AppState, raw: &RawRequest) -> Result<Vec<Event>, IngressError> {
-    let body: Value = serde_json::from_slice(&raw.body)
-        .map_err(|e| IngressError::Malformed { code: "invalid_payload", message: format!("invalid JSON: {e}") })?;
-    let (envelope_token, items) = match body {
-        Value::Array(items) => (None, items),
-        Value::Object(mut obj) => match obj.remove("batch") {
-            Some(Value::Array(items)) => {
-                let token =
-                    ["api_key", "token"].iter().find_map(|k| obj.get(*k).and_then(Value::as_str)).map(str::to_string);
-                (token, items)
+/// PostHog's success answer: the SDKs look only at the status.
+fn ok(beacon: bool) -> Response {
+    if beacon {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        axum::Json(serde_json::json!({"status": 1})).into_response()
+    }
+}
+
+/// The batch envelope `{api_key|token, batch, sent_at|sentAt,
+/// historical_migration}`; on a single event only `batch` is absent.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    batch: Option<Vec<&'a RawValue>>,
+    #[serde(default)]
+    api_key: Option<Value>,
+    #[serde(default)]
+    token: Option<Value>,
+    #[serde(default)]
+    sent_at: Option<Value>,
+    #[serde(default, rename = "sentAt")]
+    sent_at_camel: Option<Value>,
+    #[serde(default)]
+    historical_migration: Option<Value>,
+}
+
+/// A parsed v0 body: the events, and the envelope's fields when the body
+/// was the batch envelope.
+struct ParsedBody<'a> {
+    items: Vec<&'a RawValue>,
+    envelope: Option<BatchMeta>,
+}
+
+struct BatchMeta {
+    /// `api_key` or `token`; wins over per-event tokens.
+    token: Option<Value>,
+    sent_at: Option<DateTime<Utc>>,
+    historical_migration: bool,
+}
+
+fn parse_body(text: &str) -> Result<ParsedBody<'_>, IngressError> {
+    let invalid = |e: serde_json::Error| malformed("invalid_payload", format!("invalid JSON: {e}"));
+    match text.trim_start().as_bytes().first() {
+        Some(b'[') => Ok(ParsedBody { items: serde_json::from_str(text).map_err(invalid)?, envelope: None }),
+        Some(b'{') => {
+            let env: Envelope<'_> = serde_json::from_str(text).map_err(invalid)?;
+            match env.batch {
+                Some(items) => Ok(ParsedBody {
+                    items,
+                    envelope: Some(BatchMeta {
+                        token: env.api_key.or(env.token).filter(|t| !t.is_null()),
+                        sent_at: env
+                            .sent_at
+                            .or(env.sent_at_camel)
+                            .as_ref()
+                            .and_then(Value::as_str)
+                            .and_then(parse_time),
+                        historical_migration: matches!(env.historical_migration, Some(Value::Bool(true))),
+                    }),
+                }),
+                None => Ok(ParsedBody { items: vec![serde_json::from_str(text).map_err(invalid)?], envelope: None }),
             }
-            _ => (None, vec![Value::Object(obj)]),
+        }
+        _ => Err(malformed("invalid_payload", "expected a JSON object or array")),
+    }
+}
+
+/// One event after the request-level checks: its name decided, its JSON
+/// object split from `properties`.
+struct Wire {
+    name: String,
+    top: Map<String, Value>,
+    props: Map<String, Value>,
+}
+
+/// Decode a v0 capture request into envelopes: payload location and
+/// encoding, body shape, token, per-event validation, normalization.
+/// Pure apart from metrics; `now` is the receive time. Returns an empty
+/// list when every event was one PostHog silently drops
+/// (`$performance_event`).
+pub fn decode(
+    policy: &PosthogState,
+    facts: &RequestFacts<'_>,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, IngressError> {
+    let payload = decode::payload(facts, body)?;
+    let text = std::str::from_utf8(&payload).map_err(|_| malformed("invalid_utf8", "payload is not UTF-8"))?;
+    let parsed = parse_body(text)?;
+    if parsed.items.is_empty() {
+        return Err(malformed("empty_batch", "the request contains no events"));
+    }
+
+    let mut wires = Vec::with_capacity(parsed.items.len());
+    for raw in &parsed.items {
+        if raw.get().len() > EVENT_SIZE_LIMIT {
+            return Err(IngressError::TooLarge { what: "event", limit: EVENT_SIZE_LIMIT });
+        }
+        wires.push(split_event(raw, facts.is_engage())?);
+    }
+
+    let token = match &parsed.envelope {
+        Some(meta) => match &meta.token {
+            Some(Value::String(t)) => t.clone(),
+            Some(_) => return Err(unauthorized("invalid_token", "the batch token is not a string")),
+            None => return Err(unauthorized("missing_token", "the batch has no api_key")),
         },
-        _ => {
-            return Err(IngressError::Malformed {
-                code: "invalid_payload",
-                message: "expected an object or array".into(),
-            })
-        }
+        None => request_token(&wires)?,
     };
-    let now = state.clock.now();
-    let mut token: Option<String> = envelope_token;
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        let Value::Object(mut obj) = item else {
-            return Err(IngressError::Malformed { code: "invalid_payload", message: "event is not an object".into() });
-        };
-        let mut props = match obj.remove("properties") {
-            Some(Value::Object(p)) => p,
-            _ => Map::new(),
-        };
-        let ev_token = ["token", "$token", "api_key"]
+    let token = policy.check_token(&token)?;
+
+    wires.retain(|w| w.name != "$performance_event");
+    let sent_at = parsed.envelope.as_ref().and_then(|m| m.sent_at).or_else(|| query_sent_at(facts));
+    let shared = normalize::Shared {
+        token: &token,
+        now,
+        sent_at,
+        ip: if facts.query_param("ip").as_deref() == Some("0") { None } else { facts.client_ip() },
+        user_agent: facts.user_agent(),
+        library: facts.query_param("ver").map(|v| Library { name: String::new(), version: Some(v) }),
+        historical_migration: parsed.envelope.as_ref().is_some_and(|m| m.historical_migration),
+    };
+    wires.into_iter().map(|w| to_event(&shared, w)).collect()
+}
+
+fn split_event(raw: &RawValue, engage: bool) -> Result<Wire, IngressError> {
+    let mut top: Map<String, Value> = serde_json::from_str(raw.get())
+        .map_err(|e| malformed("invalid_payload", format!("an event is not a JSON object: {e}")))?;
+    let name = match top.remove("event") {
+        Some(Value::String(n)) => n,
+        None | Some(Value::Null) if engage => "$identify".to_string(),
+        None | Some(Value::Null) => return Err(malformed("missing_event_name", "an event has no name")),
+        Some(_) => return Err(malformed("invalid_payload", "an event name is not a string")),
+    };
+    if name.is_empty() {
+        return Err(malformed("missing_event_name", "an event name is empty"));
+    }
+    let props = match top.remove("properties") {
+        Some(Value::Object(p)) => p,
+        None | Some(Value::Null) => Map::new(),
+        Some(_) => return Err(malformed("invalid_payload", "event properties are not an object")),
+    };
+    Ok(Wire { name, top, props })
+}
+
+/// Without an envelope, each event names its token (`token`, `$token`,
+/// `api_key`, else `properties.token`); they must agree.
+fn request_token(wires: &[Wire]) -> Result<String, IngressError> {
+    let mut token: Option<&str> = None;
+    for w in wires {
+        let found = ["token", "$token", "api_key"]
             .iter()
-            .find_map(|k| obj.get(*k).and_then(Value::as_str))
-            .or_else(|| props.get("token").and_then(Value::as_str))
-            .map(str::to_string);
-        match (&token, ev_token) {
-            (None, Some(t)) => token = Some(t),
-            (Some(a), Some(b)) if *a != b => {
-                return Err(IngressError::Unauthorized {
-                    code: "token_mismatch",
-                    message: "tokens differ within one request".into(),
-                })
-            }
-            _ => {}
-        }
-        let name = obj.get("event").and_then(Value::as_str).unwrap_or_default().to_string();
-        if name.is_empty() {
-            return Err(IngressError::Malformed { code: "missing_event_name", message: "event name is empty".into() });
-        }
-        let distinct_id = ["distinct_id", "$distinct_id"]
-            .iter()
-            .find_map(|k| obj.get(*k))
-            .or_else(|| props.get("distinct_id"))
-            .and_then(|v| match v {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            })
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| IngressError::Malformed {
-                code: "missing_distinct_id",
-                message: "distinct_id is missing or empty".into(),
-            })?;
-        let kind = match name.as_str() {
-            "$identify" | "$set" => Kind::Identify,
-            "$groupidentify" => Kind::Group,
-            "$create_alias" => Kind::Alias,
-            "$pageview" => Kind::Page,
-            "$screen" => Kind::Screen,
-            _ => Kind::Track,
+            .find_map(|k| w.top.get(*k).filter(|v| !v.is_null()))
+            .or_else(|| w.props.get("token").filter(|v| !v.is_null()));
+        let t = match found {
+            None => continue,
+            Some(Value::String(t)) => t.as_str(),
+            Some(_) => return Err(unauthorized("invalid_token", "an event token is not a string")),
         };
-        let mut ev = Event::new(Source::Posthog, SOURCE, "", kind, &name, now);
-        ev.distinct_id = Some(distinct_id.chars().take(200).collect());
-        if let Some(Value::String(uuid)) = obj.get("uuid") {
-            ev.id = uuid.clone();
-        }
-        if let Some(ts) = obj.get("timestamp").and_then(Value::as_str) {
-            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(ts) {
-                ev.timestamp = t.with_timezone(&chrono::Utc);
+        match token {
+            None => token = Some(t),
+            Some(seen) if seen != t => {
+                return Err(unauthorized("token_mismatch", "events in one request carry different tokens"))
             }
+            Some(_) => {}
         }
-        if let Some(Value::Object(set)) = props.remove("$set") {
-            ev.user_properties.set = set;
-        }
-        ev.email = ev.user_properties.set.get("email").and_then(Value::as_str).map(str::to_string);
-        ev.context.ip = raw.peer.map(|p| p.ip().to_string());
-        ev.properties = props;
-        out.push(ev);
     }
-    let token = token
-        .ok_or_else(|| IngressError::Unauthorized { code: "missing_token", message: "no project token".into() })?;
-    if token.starts_with("phx_") || !state.posthog.accepts(&token) {
-        return Err(IngressError::Unauthorized { code: "invalid_token", message: "project token is not valid".into() });
-    }
-    for ev in &mut out {
-        ev.project = token.clone();
-    }
-    Ok(out)
+    token.map(str::to_string).ok_or_else(|| unauthorized("missing_token", "no project token in the request"))
+}
+
+/// posthog-js sends its send time as `_=<ms>`. Values that read as before
+/// 2021 are seconds from old SDKs, which PostHog ignores too.
+fn query_sent_at(facts: &RequestFacts<'_>) -> Option<DateTime<Utc>> {
+    let ms: i64 = facts.query_param("_")?.trim().parse().ok()?;
+    DateTime::from_timestamp_millis(ms).filter(|t| t.timestamp() >= 1_609_459_200)
+}
+
+fn to_event(shared: &normalize::Shared<'_>, w: Wire) -> Result<Event, IngressError> {
+    let distinct_id = normalize::find_distinct_id(&w.top, &w.props)
+        .ok_or_else(|| malformed("missing_distinct_id", format!("event {:?} has no distinct_id", w.name)))?;
+    let id = match w.top.get("uuid") {
+        None | Some(Value::Null) => new_id(),
+        Some(Value::String(s)) if s.trim().is_empty() => new_id(),
+        Some(Value::String(s)) => uuid::Uuid::parse_str(s.trim())
+            .map_err(|_| malformed("invalid_uuid", format!("event uuid {s:?} is not a UUID")))?
+            .to_string(),
+        Some(_) => return Err(malformed("invalid_uuid", "an event uuid is not a string")),
+    };
+    Ok(normalize::envelope(shared, &w.name, distinct_id, id, w.top, w.props))
+}
+
+fn malformed(code: &'static str, message: impl Into<String>) -> IngressError {
+    IngressError::Malformed { code, message: message.into() }
+}
+
+fn unauthorized(code: &'static str, message: &str) -> IngressError {
+    IngressError::Unauthorized { code, message: message.into() }
 }

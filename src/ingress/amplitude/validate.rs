@@ -22,7 +22,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::ingress::IngressError;
@@ -58,8 +57,9 @@ const INVALID_IDS: &[&str] = &[
 const NUMBER_FIELDS: &[&str] = &["price", "revenue", "location_lat", "location_lng"];
 const INTEGER_FIELDS: &[&str] = &["quantity", "session_id", "event_id"];
 const OBJECT_FIELDS: &[&str] = &["event_properties", "user_properties", "groups", "group_properties", "plan"];
-/// Fields whose type is checked by name above or below; others only get the
-/// string-length and depth walk.
+/// Documented string fields whose type is enforced. The other documented
+/// strings are not: refusing what Amplitude coerces would make SDKs drop
+/// events Amplitude keeps.
 const STRING_FIELDS: &[&str] = &["event_type", "insert_id"];
 
 /// A parsed upload request (`/2/httpapi`, `/batch`), events not yet checked.
@@ -76,24 +76,22 @@ pub fn parse_upload(body: &[u8]) -> Result<Upload, IngressError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(IngressError::Malformed { code: "missing_body", message: "Missing request body".into() });
     }
-    #[derive(Deserialize)]
-    struct Request {
-        api_key: Option<Value>,
-        events: Option<Value>,
-        options: Option<Value>,
-    }
     let invalid_json = || IngressError::Malformed { code: "invalid_json", message: "Invalid JSON request body".into() };
-    let req: Request = serde_json::from_slice(body).map_err(|_| invalid_json())?;
-    let api_key = match req.api_key {
+    // A map, not a derived struct: serde would also read a JSON array into
+    // a struct positionally.
+    let Ok(Value::Object(mut req)) = serde_json::from_slice::<Value>(body) else {
+        return Err(invalid_json());
+    };
+    let api_key = match req.remove("api_key") {
         Some(Value::String(k)) if !k.is_empty() => k,
         _ => return Err(IngressError::MissingField { field: "api_key" }),
     };
-    let events = match req.events {
+    let events = match req.remove("events") {
         Some(Value::Array(events)) => events,
         None | Some(Value::Null) => return Err(IngressError::MissingField { field: "events" }),
         Some(_) => return Err(invalid_json()),
     };
-    Ok(Upload { api_key, events, min_id_length: min_id_length(req.options.as_ref()) })
+    Ok(Upload { api_key, events, min_id_length: min_id_length(req.get("options")) })
 }
 
 /// `options.min_id_length` when it is a non-negative integer, else the

@@ -1,0 +1,406 @@
+//! One PostHog wire event → one [`Event`] envelope.
+//!
+//! What goes where (the contract the forwarder relies on):
+//! - kind from the event name (`$identify`, `$set`, `$set_once` → identify;
+//!   `$groupidentify` → group; `$create_alias` → alias; `$pageview` → page;
+//!   `$screen` → screen; anything else → track);
+//! - `user_properties.set` / `set_once` merge the top-level `$set` /
+//!   `$set_once` over the ones inside `properties` (top level wins, as in
+//!   PostHog's ingestion); `properties.$unset` becomes `unset`;
+//! - `email` from `$set.email`, else `properties.$email`, else `properties.email`;
+//! - `context`: `$anon_distinct_id`, `$lib`/`$lib_version`, the client ip
+//!   (`$ip` wins over the request's address), the request's user agent;
+//! - `timestamp` with PostHog's clock-skew correction (see [`event_time`]);
+//! - `id` is the client's `uuid` (canonical form), else a new UUIDv7.
+//!
+//! Keys lifted into envelope fields (`$set`, `$set_once`, `$unset`,
+//! `$anon_distinct_id`, `$lib`, `$lib_version`, `$ip`, `token`,
+//! `distinct_id`) are removed from `properties`; everything else stays.
+
+use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Utc};
+use serde_json::{Map, Value};
+
+use crate::event::{Event, Kind, Library, Source};
+
+/// PostHog truncates longer distinct ids to this many characters.
+pub const DISTINCT_ID_MAX_CHARS: usize = 200;
+
+/// Timestamps further than this in the future are replaced by "now"
+/// (PostHog: 23 hours).
+const FUTURE_CUTOFF_HOURS: i64 = 23;
+
+/// Request-level facts every event of one request shares.
+pub struct Shared<'a> {
+    /// The validated project token.
+    pub token: &'a str,
+    pub now: DateTime<Utc>,
+    /// When the client says it sent the request; drives skew correction.
+    pub sent_at: Option<DateTime<Utc>>,
+    /// The request's client address; `None` when the client asked not to
+    /// record it (`ip=0`).
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// Library identity from the request (v1's `PostHog-Sdk-Info`, or the
+    /// `ver` query parameter for the version), used when the event has none.
+    pub library: Option<Library>,
+    pub historical_migration: bool,
+}
+
+/// Map an event name to its kind.
+pub fn kind_of(name: &str) -> Kind {
+    match name {
+        "$identify" | "$set" | "$set_once" => Kind::Identify,
+        "$groupidentify" => Kind::Group,
+        "$create_alias" => Kind::Alias,
+        "$pageview" => Kind::Page,
+        "$screen" => Kind::Screen,
+        _ => Kind::Track,
+    }
+}
+
+/// The distinct id as PostHog reads it: strings as they are, anything else
+/// (numbers, even arrays) as its JSON text; NUL replaced; at most 200
+/// characters. `None` when missing, null or empty.
+pub fn distinct_id_text(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::Null => return None,
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if text.is_empty() {
+        return None;
+    }
+    let text = if text.contains('\0') { text.replace('\0', "\u{FFFD}") } else { text };
+    Some(if text.len() > DISTINCT_ID_MAX_CHARS { text.chars().take(DISTINCT_ID_MAX_CHARS).collect() } else { text })
+}
+
+/// Where the distinct id sits: `distinct_id`, `$distinct_id`, then
+/// `properties.distinct_id` (first non-null wins).
+pub fn find_distinct_id(event: &Map<String, Value>, props: &Map<String, Value>) -> Option<String> {
+    [event.get("distinct_id"), event.get("$distinct_id"), props.get("distinct_id")]
+        .into_iter()
+        .flatten()
+        .find(|v| !v.is_null())
+        .and_then(distinct_id_text)
+}
+
+/// Parse ISO 8601 as clients write it: RFC 3339 (with `T` or a space),
+/// or without an offset (read as UTC), or a bare date.
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(Utc.from_utc_datetime(&t));
+        }
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| Utc.from_utc_datetime(&t))
+}
+
+/// When the event happened, PostHog's way:
+/// - `timestamp` given: corrected by the client's clock skew
+///   (`now - sent_at`) when `sent_at` is known and not disabled;
+/// - else `offset` (milliseconds before sending): `now - offset`;
+/// - else now. An unreadable timestamp is "now", not a refusal (PostHog
+///   accepts the event and records an ingestion warning).
+///
+/// Results more than 23 hours ahead of now are clamped to now.
+pub fn event_time(
+    timestamp: Option<&Value>,
+    offset: Option<&Value>,
+    sent_at: Option<DateTime<Utc>>,
+    skew_correction: bool,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let parsed = timestamp.and_then(|v| match v {
+        Value::String(s) => parse_time(s),
+        Value::Number(n) => n.as_i64().and_then(DateTime::from_timestamp_millis),
+        _ => None,
+    });
+    let t = match (parsed, offset.and_then(as_millis)) {
+        (Some(ts), _) => match sent_at.filter(|_| skew_correction) {
+            Some(sent) => ts.checked_add_signed(now.signed_duration_since(sent)).unwrap_or(ts),
+            None => ts,
+        },
+        (None, Some(ms)) => Duration::try_milliseconds(ms).and_then(|d| now.checked_sub_signed(d)).unwrap_or(now),
+        (None, None) => now,
+    };
+    clamp_future(t, now)
+}
+
+pub fn clamp_future(t: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    if t.signed_duration_since(now) > Duration::hours(FUTURE_CUTOFF_HOURS) {
+        now
+    } else {
+        t
+    }
+}
+
+fn as_millis(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => matches!(s.trim().to_ascii_lowercase().as_str(), "true" | "1"),
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+        _ => false,
+    }
+}
+
+fn non_empty_str(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+/// Take an object-valued key out of a map; non-objects stay where they are.
+fn take_object(map: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
+    match map.get(key) {
+        Some(Value::Object(_)) => match map.remove(key) {
+            Some(Value::Object(o)) => o,
+            _ => Map::new(),
+        },
+        _ => Map::new(),
+    }
+}
+
+/// Build the envelope for one event whose name, distinct id and id are
+/// already decided. `top` is the event object without `properties`.
+pub fn envelope(
+    shared: &Shared<'_>,
+    name: &str,
+    distinct_id: String,
+    id: String,
+    mut top: Map<String, Value>,
+    mut props: Map<String, Value>,
+) -> Event {
+    let mut ev = Event::new(Source::Posthog, "posthog", shared.token, kind_of(name), name, shared.now);
+    ev.id = id;
+    ev.distinct_id = Some(distinct_id);
+
+    let skew_correction = !truthy(props.get("$ignore_sent_at"));
+    ev.timestamp = event_time(top.get("timestamp"), top.get("offset"), shared.sent_at, skew_correction, shared.now);
+
+    // Person properties: the top-level form overrides the nested one.
+    let mut set = take_object(&mut props, "$set");
+    set.extend(take_object(&mut top, "$set"));
+    let mut set_once = take_object(&mut props, "$set_once");
+    set_once.extend(take_object(&mut top, "$set_once"));
+    if let Some(Value::Array(names)) = props.get("$unset") {
+        if names.iter().all(Value::is_string) {
+            if let Some(Value::Array(names)) = props.remove("$unset") {
+                ev.user_properties.unset = names.into_iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            }
+        }
+    }
+
+    ev.email = non_empty_str(set.get("email"))
+        .or_else(|| non_empty_str(props.get("$email")))
+        .or_else(|| non_empty_str(props.get("email")));
+    ev.user_properties.set = set;
+    ev.user_properties.set_once = set_once;
+
+    if let Some(anon) = props.get("$anon_distinct_id").and_then(distinct_id_text) {
+        props.remove("$anon_distinct_id");
+        ev.context.anon_distinct_id = Some(anon);
+    }
+
+    let lib = non_empty_str(props.get("$lib"));
+    let lib_version = props.get("$lib_version").and_then(|v| match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
+    ev.context.library = match lib {
+        Some(name) => {
+            props.remove("$lib");
+            props.remove("$lib_version");
+            let version = lib_version.or_else(|| shared.library.as_ref().and_then(|l| l.version.clone()));
+            Some(Library { name, version })
+        }
+        None => shared.library.clone().filter(|l| !l.name.is_empty()),
+    };
+
+    ev.context.ip = match non_empty_str(props.get("$ip")) {
+        Some(ip) => {
+            props.remove("$ip");
+            Some(ip)
+        }
+        None => shared.ip.clone(),
+    };
+    ev.context.user_agent = shared.user_agent.clone();
+    if shared.historical_migration {
+        ev.context.extra.insert("historical_migration".into(), Value::Bool(true));
+    }
+
+    // Plumbing the envelope already carries elsewhere; the token must not
+    // travel on as an event property.
+    props.remove("token");
+    props.remove("distinct_id");
+    ev.properties = props;
+    ev
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        parse_time(s).unwrap()
+    }
+
+    #[test]
+    fn kinds() {
+        for (name, kind) in [
+            ("$identify", Kind::Identify),
+            ("$set", Kind::Identify),
+            ("$set_once", Kind::Identify),
+            ("$groupidentify", Kind::Group),
+            ("$create_alias", Kind::Alias),
+            ("$pageview", Kind::Page),
+            ("$screen", Kind::Screen),
+            ("$autocapture", Kind::Track),
+            ("signed up", Kind::Track),
+        ] {
+            assert_eq!(kind_of(name), kind, "{name}");
+        }
+    }
+
+    #[test]
+    fn distinct_ids() {
+        assert_eq!(distinct_id_text(&json!("u1")).as_deref(), Some("u1"));
+        assert_eq!(distinct_id_text(&json!(23)).as_deref(), Some("23"));
+        assert_eq!(distinct_id_text(&json!(23.5)).as_deref(), Some("23.5"));
+        assert_eq!(distinct_id_text(&json!(["a", "b"])).as_deref(), Some(r#"["a","b"]"#));
+        assert_eq!(distinct_id_text(&json!("")), None);
+        assert_eq!(distinct_id_text(&json!(null)), None);
+        assert_eq!(distinct_id_text(&json!("a\0b")).as_deref(), Some("a\u{FFFD}b"));
+        let long = "é".repeat(250);
+        assert_eq!(distinct_id_text(&json!(long)).unwrap().chars().count(), 200);
+
+        let ev = json!({"distinct_id": null, "$distinct_id": "d"}).as_object().unwrap().clone();
+        assert_eq!(find_distinct_id(&ev, &Map::new()).as_deref(), Some("d"));
+        let props = json!({"distinct_id": 7}).as_object().unwrap().clone();
+        assert_eq!(find_distinct_id(&Map::new(), &props).as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn timestamps_and_skew() {
+        let now = t("2026-03-01T12:00:00Z");
+        // Client clock 1 hour ahead: event at its 12:30 is really 11:30.
+        let sent = t("2026-03-01T13:00:00Z");
+        let ts = json!("2026-03-01T12:30:00+00:00");
+        assert_eq!(event_time(Some(&ts), None, Some(sent), true, now), t("2026-03-01T11:30:00Z"));
+        assert_eq!(event_time(Some(&ts), None, Some(sent), false, now), t("2026-03-01T12:30:00Z"));
+        assert_eq!(event_time(Some(&ts), None, None, true, now), t("2026-03-01T12:30:00Z"));
+        // Offset: milliseconds before sending.
+        assert_eq!(event_time(None, Some(&json!(1500)), Some(sent), true, now), t("2026-03-01T11:59:58.500Z"));
+        // Unreadable → now; far future → now.
+        assert_eq!(event_time(Some(&json!("yesterday")), None, None, true, now), now);
+        assert_eq!(event_time(Some(&json!("2026-03-03T00:00:00Z")), None, None, true, now), now);
+        assert_eq!(event_time(None, None, None, true, now), now);
+        // Forms clients write.
+        assert_eq!(t("2026-03-01 12:00:00.123+02:00"), t("2026-03-01T10:00:00.123Z"));
+        assert_eq!(t("2026-03-01T12:00:00.123456"), t("2026-03-01T12:00:00.123456Z"));
+        assert_eq!(t("2026-03-01"), t("2026-03-01T00:00:00Z"));
+        assert_eq!(event_time(Some(&json!(1772366400000i64)), None, None, true, now), t("2026-03-01T12:00:00Z"));
+    }
+
+    fn shared(now: DateTime<Utc>) -> Shared<'static> {
+        Shared {
+            token: "phc_t",
+            now,
+            sent_at: None,
+            ip: Some("10.0.0.9".into()),
+            user_agent: Some("ua/1".into()),
+            library: None,
+            historical_migration: false,
+        }
+    }
+
+    #[test]
+    fn identify_lifts_person_properties_and_context() {
+        let now = t("2026-03-01T12:00:00Z");
+        let top = json!({
+            "$set": {"email": "top@x.io", "plan": "pro"},
+            "$set_once": {"first": 1},
+            "timestamp": "2026-03-01T11:00:00Z"
+        });
+        let props = json!({
+            "$set": {"email": "inner@x.io", "name": "Ada"},
+            "$set_once": {"first": 0, "src": "ad"},
+            "$unset": ["old"],
+            "$anon_distinct_id": "anon-1",
+            "$lib": "posthog-python",
+            "$lib_version": "7.91.1",
+            "$ip": "1.2.3.4",
+            "token": "phc_t",
+            "distinct_id": "u1",
+            "$email": "other@x.io",
+            "keep": true
+        });
+        let ev = envelope(
+            &shared(now),
+            "$identify",
+            "u1".into(),
+            "id-1".into(),
+            top.as_object().unwrap().clone(),
+            props.as_object().unwrap().clone(),
+        );
+        assert_eq!(ev.kind, Kind::Identify);
+        assert_eq!(ev.project, "phc_t");
+        assert_eq!(ev.id, "id-1");
+        assert_eq!(ev.email.as_deref(), Some("top@x.io"));
+        assert_eq!(
+            Value::Object(ev.user_properties.set.clone()),
+            json!({"email": "top@x.io", "plan": "pro", "name": "Ada"})
+        );
+        assert_eq!(Value::Object(ev.user_properties.set_once.clone()), json!({"first": 1, "src": "ad"}));
+        assert_eq!(ev.user_properties.unset, vec!["old".to_string()]);
+        assert_eq!(ev.context.anon_distinct_id.as_deref(), Some("anon-1"));
+        assert_eq!(ev.context.library, Some(Library { name: "posthog-python".into(), version: Some("7.91.1".into()) }));
+        assert_eq!(ev.context.ip.as_deref(), Some("1.2.3.4"));
+        assert_eq!(ev.context.user_agent.as_deref(), Some("ua/1"));
+        assert_eq!(Value::Object(ev.properties.clone()), json!({"$email": "other@x.io", "keep": true}));
+        assert_eq!(ev.timestamp, t("2026-03-01T11:00:00Z"));
+        assert_eq!(ev.received_at, now);
+    }
+
+    #[test]
+    fn email_sources_in_order() {
+        let now = t("2026-03-01T12:00:00Z");
+        let mk = |props: Value| {
+            envelope(&shared(now), "e", "u".into(), "i".into(), Map::new(), props.as_object().unwrap().clone()).email
+        };
+        assert_eq!(mk(json!({"$email": "a@x", "email": "b@x"})).as_deref(), Some("a@x"));
+        assert_eq!(mk(json!({"email": "b@x"})).as_deref(), Some("b@x"));
+        assert_eq!(mk(json!({"email": ""})), None);
+        assert_eq!(mk(json!({"email": 5})), None);
+        assert_eq!(mk(json!({"$set": {"email": "c@x"}, "email": "b@x"})).as_deref(), Some("c@x"));
+    }
+
+    #[test]
+    fn request_ip_unless_ip_property() {
+        let now = t("2026-03-01T12:00:00Z");
+        let ev = envelope(&shared(now), "e", "u".into(), "i".into(), Map::new(), Map::new());
+        assert_eq!(ev.context.ip.as_deref(), Some("10.0.0.9"));
+        let mut s = shared(now);
+        s.ip = None;
+        s.library = Some(Library { name: "web".into(), version: Some("1.2".into()) });
+        s.historical_migration = true;
+        let ev = envelope(&s, "e", "u".into(), "i".into(), Map::new(), Map::new());
+        assert_eq!(ev.context.ip, None);
+        assert_eq!(ev.context.library.unwrap().version.as_deref(), Some("1.2"));
+        assert_eq!(ev.context.extra.get("historical_migration"), Some(&Value::Bool(true)));
+    }
+}

@@ -1,0 +1,262 @@
+//! Table tests for v0 decoding: token, distinct id, name and uuid rules,
+//! body shapes, time handling. Routes, encodings and statuses over HTTP are
+//! in `tests/posthog_http.rs`.
+
+use axum::http::{HeaderMap, HeaderValue};
+use serde_json::{json, Value};
+
+use super::*;
+use crate::event::Kind;
+
+fn now() -> DateTime<Utc> {
+    parse_time("2026-03-01T12:00:00Z").unwrap()
+}
+
+fn open() -> PosthogState {
+    PosthogState::from_tokens([])
+}
+
+fn facts<'a>(path: &'a str, query: Option<&'a str>, headers: &'a HeaderMap) -> RequestFacts<'a> {
+    RequestFacts { path, query, headers, peer: Some("192.0.2.7".parse().unwrap()) }
+}
+
+fn run(policy: &PosthogState, path: &str, body: &Value) -> Result<Vec<Event>, IngressError> {
+    let h = HeaderMap::new();
+    decode(policy, &facts(path, None, &h), body.to_string().as_bytes(), now())
+}
+
+fn ok(body: Value) -> Vec<Event> {
+    run(&open(), "/e/", &body).expect("accepted")
+}
+
+/// The status and reason a refusal maps to.
+fn refused(policy: &PosthogState, path: &str, body: Value) -> (u16, &'static str) {
+    match run(policy, path, &body) {
+        Ok(evs) => panic!("accepted {} events from {body}", evs.len()),
+        Err(e) => (e.status().as_u16(), e.reason()),
+    }
+}
+
+#[test]
+fn body_shapes() {
+    let one = ok(json!({"event": "a", "distinct_id": "u", "token": "t"}));
+    assert_eq!(one.len(), 1);
+    let arr = ok(
+        json!([{"event": "a", "distinct_id": "u", "token": "t"}, {"event": "b", "distinct_id": "u", "$token": "t"}]),
+    );
+    assert_eq!(arr.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    let batch =
+        ok(json!({"api_key": "t", "batch": [{"event": "a", "distinct_id": "u"}], "sent_at": "2026-03-01T12:00:00Z"}));
+    assert_eq!(batch[0].project, "t");
+    let batch = ok(json!({"token": "t2", "batch": [{"event": "a", "distinct_id": "u"}]}));
+    assert_eq!(batch[0].project, "t2");
+}
+
+#[test]
+fn token_rules() {
+    let only_a = PosthogState::from_tokens(["phc_a".to_string()]);
+    let ev = |extra: Value| {
+        let mut e = json!({"event": "x", "distinct_id": "u"});
+        e.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        e
+    };
+    // Every place a token can sit.
+    for (place, body) in [
+        ("token", ev(json!({"token": "phc_a"}))),
+        ("$token", ev(json!({"$token": "phc_a"}))),
+        ("api_key", ev(json!({"api_key": "phc_a"}))),
+        ("properties.token", ev(json!({"properties": {"token": "phc_a"}}))),
+        ("envelope api_key", json!({"api_key": "phc_a", "batch": [ev(json!({}))]})),
+    ] {
+        let evs = run(&only_a, "/e", &body).unwrap_or_else(|e| panic!("{place}: {e}"));
+        assert_eq!(evs[0].project, "phc_a", "{place}");
+        assert!(!evs[0].properties.contains_key("token"), "{place}: token leaked into properties");
+    }
+    // The envelope wins over what events say.
+    let evs =
+        run(&only_a, "/batch", &json!({"api_key": "phc_a", "batch": [ev(json!({"token": "phc_other"}))]})).unwrap();
+    assert_eq!(evs[0].project, "phc_a");
+    // Surrounding whitespace is trimmed, as PostHog does.
+    assert_eq!(run(&only_a, "/e", &ev(json!({"token": " phc_a\n"}))).unwrap()[0].project, "phc_a");
+    // One token spread over some events of an array is fine.
+    assert_eq!(run(&only_a, "/e", &json!([ev(json!({"token": "phc_a"})), ev(json!({}))])).unwrap().len(), 2);
+
+    for (body, want) in [
+        (ev(json!({})), (401, "missing_token")),
+        (json!({"batch": [ev(json!({"token": "phc_a"}))]}), (401, "missing_token")),
+        (json!({"api_key": 5, "batch": [ev(json!({}))]}), (401, "invalid_token")),
+        (ev(json!({"token": ""})), (401, "missing_token")),
+        (json!([ev(json!({"token": "phc_a"})), ev(json!({"token": "phc_b"}))]), (401, "token_mismatch")),
+        (ev(json!({"token": "phx_personal"})), (401, "personal_api_key")),
+        (ev(json!({"token": "phc_b"})), (401, "invalid_token")),
+        (ev(json!({"token": "x".repeat(65)})), (401, "invalid_token")),
+        (ev(json!({"token": "phc_ä"})), (401, "invalid_token")),
+        (ev(json!({"token": 42})), (401, "invalid_token")),
+    ] {
+        assert_eq!(refused(&only_a, "/e", body.clone()), want, "{body}");
+    }
+    // Open mode takes any well-formed token but still refuses personal keys.
+    assert!(run(&open(), "/e", &ev(json!({"token": "anything"}))).is_ok());
+    assert_eq!(refused(&open(), "/e", ev(json!({"token": "phx_1"}))), (401, "personal_api_key"));
+}
+
+#[test]
+fn distinct_id_and_name_rules() {
+    let base = |extra: Value| {
+        let mut e = json!({"event": "x", "token": "t"});
+        e.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        e
+    };
+    let id = |extra: Value| ok(base(extra))[0].distinct_id.clone().unwrap();
+    assert_eq!(id(json!({"distinct_id": "a"})), "a");
+    assert_eq!(id(json!({"$distinct_id": "b"})), "b");
+    assert_eq!(id(json!({"properties": {"distinct_id": "c"}})), "c");
+    assert_eq!(id(json!({"distinct_id": 42})), "42");
+    assert_eq!(id(json!({"distinct_id": "d", "properties": {"distinct_id": "e"}})), "d");
+    assert_eq!(id(json!({"distinct_id": "é".repeat(300)})).chars().count(), 200);
+
+    for body in [
+        base(json!({})),
+        base(json!({"distinct_id": ""})),
+        base(json!({"distinct_id": null})),
+        base(json!({"properties": {"distinct_id": ""}})),
+    ] {
+        assert_eq!(refused(&open(), "/e", body.clone()), (400, "missing_distinct_id"), "{body}");
+    }
+    assert_eq!(
+        refused(&open(), "/e", json!({"event": "", "distinct_id": "u", "token": "t"})),
+        (400, "missing_event_name")
+    );
+    assert_eq!(refused(&open(), "/e", json!({"distinct_id": "u", "token": "t"})), (400, "missing_event_name"));
+    assert_eq!(refused(&open(), "/e", json!({"event": 3, "distinct_id": "u", "token": "t"})), (400, "invalid_payload"));
+    assert_eq!(
+        refused(&open(), "/e", json!({"event": "x", "distinct_id": "u", "token": "t", "properties": [1]})),
+        (400, "invalid_payload")
+    );
+    assert_eq!(refused(&open(), "/e", json!([])), (400, "empty_batch"));
+    assert_eq!(refused(&open(), "/e", json!({"api_key": "t", "batch": []})), (400, "empty_batch"));
+    assert_eq!(refused(&open(), "/e", json!("just a string")), (400, "invalid_payload"));
+    assert_eq!(refused(&open(), "/e", json!([1, 2])), (400, "invalid_payload"));
+}
+
+#[test]
+fn engage_without_a_name_is_an_identify() {
+    let body = json!({"$token": "t", "$distinct_id": "u1", "$set": {"email": "a@b.co", "name": "A"}});
+    let evs = run(&open(), "/engage/", &body).unwrap();
+    assert_eq!(evs[0].name, "$identify");
+    assert_eq!(evs[0].kind, Kind::Identify);
+    assert_eq!(evs[0].email.as_deref(), Some("a@b.co"));
+    assert_eq!(evs[0].user_properties.set.get("name"), Some(&json!("A")));
+    // Elsewhere a nameless event is refused.
+    assert_eq!(refused(&open(), "/capture", body), (400, "missing_event_name"));
+}
+
+#[test]
+fn uuid_is_kept_or_generated() {
+    let evs = ok(json!([
+        {"event": "a", "distinct_id": "u", "token": "t", "uuid": "0190A5B2-1C3D-7E4F-8A9B-0C1D2E3F4A5B"},
+        {"event": "b", "distinct_id": "u", "token": "t"},
+        {"event": "c", "distinct_id": "u", "token": "t", "uuid": ""}
+    ]));
+    assert_eq!(evs[0].id, "0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b");
+    for e in &evs[1..] {
+        assert_eq!(uuid::Uuid::parse_str(&e.id).unwrap().get_version_num(), 7);
+    }
+    assert_eq!(
+        refused(&open(), "/e", json!({"event": "a", "distinct_id": "u", "token": "t", "uuid": "nope"})),
+        (400, "invalid_uuid")
+    );
+}
+
+#[test]
+fn performance_events_are_dropped_silently() {
+    let evs = ok(json!([
+        {"event": "$performance_event", "distinct_id": "u", "token": "t"},
+        {"event": "kept", "distinct_id": "u", "token": "t"}
+    ]));
+    assert_eq!(evs.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["kept"]);
+    assert!(ok(json!({"event": "$performance_event", "distinct_id": "u", "token": "t"})).is_empty());
+}
+
+#[test]
+fn one_event_over_a_megabyte_is_413() {
+    let big = "x".repeat(EVENT_SIZE_LIMIT);
+    let (status, reason) =
+        refused(&open(), "/e", json!({"event": "a", "distinct_id": "u", "token": "t", "properties": {"big": big}}));
+    assert_eq!((status, reason), (413, "too_large"));
+    // Just under the limit passes.
+    let fits = "x".repeat(EVENT_SIZE_LIMIT - 100);
+    assert_eq!(ok(json!({"event": "a", "distinct_id": "u", "token": "t", "properties": {"b": fits}})).len(), 1);
+}
+
+#[test]
+fn sent_at_corrects_clock_skew() {
+    // The client's clock runs 10 minutes fast.
+    let body = json!({"api_key": "t", "sentAt": "2026-03-01T12:10:00Z", "batch": [
+        {"event": "a", "distinct_id": "u", "timestamp": "2026-03-01T12:05:00Z"},
+        {"event": "b", "distinct_id": "u", "timestamp": "2026-03-01T12:05:00Z", "properties": {"$ignore_sent_at": true}},
+        {"event": "c", "distinct_id": "u", "offset": 2000},
+        {"event": "d", "distinct_id": "u"}
+    ]});
+    let evs = ok(body);
+    assert_eq!(evs[0].timestamp, parse_time("2026-03-01T11:55:00Z").unwrap());
+    assert_eq!(evs[1].timestamp, parse_time("2026-03-01T12:05:00Z").unwrap());
+    assert_eq!(evs[2].timestamp, parse_time("2026-03-01T11:59:58Z").unwrap());
+    assert_eq!(evs[3].timestamp, now());
+    assert!(evs.iter().all(|e| e.received_at == now()));
+
+    // posthog-js sends its send time as `_` (milliseconds) in the query.
+    let h = HeaderMap::new();
+    let sent_ms = parse_time("2026-03-01T12:10:00Z").unwrap().timestamp_millis().to_string();
+    let q = format!("_={sent_ms}&ip=1");
+    let body = json!([{"event": "a", "distinct_id": "u", "token": "t", "timestamp": "2026-03-01T12:05:00Z"}]);
+    let evs = decode(&open(), &facts("/e/", Some(&q), &h), body.to_string().as_bytes(), now()).unwrap();
+    assert_eq!(evs[0].timestamp, parse_time("2026-03-01T11:55:00Z").unwrap());
+    // Seconds (old SDKs) are ignored rather than misread.
+    let q = "_=1772366400";
+    let evs = decode(&open(), &facts("/e/", Some(q), &h), body.to_string().as_bytes(), now()).unwrap();
+    assert_eq!(evs[0].timestamp, parse_time("2026-03-01T12:05:00Z").unwrap());
+}
+
+#[test]
+fn request_context() {
+    let mut h = HeaderMap::new();
+    h.insert("user-agent", HeaderValue::from_static("Mozilla/5.0 test"));
+    let body = json!({"event": "$pageview", "distinct_id": "u", "token": "t", "properties": {"$lib": "web", "$lib_version": "1.2.3"}});
+    let evs = decode(&open(), &facts("/i/v0/e/", Some("ver=9.9.9"), &h), body.to_string().as_bytes(), now()).unwrap();
+    let e = &evs[0];
+    assert_eq!(e.kind, Kind::Page);
+    assert_eq!(e.context.ip.as_deref(), Some("192.0.2.7"));
+    assert_eq!(e.context.user_agent.as_deref(), Some("Mozilla/5.0 test"));
+    assert_eq!(e.context.library, Some(Library { name: "web".into(), version: Some("1.2.3".into()) }));
+    assert!(!e.properties.contains_key("$lib"));
+
+    // A proxy's X-Forwarded-For names the client; `ip=0` asks for none.
+    h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9, 10.0.0.1"));
+    let evs = decode(&open(), &facts("/e", None, &h), body.to_string().as_bytes(), now()).unwrap();
+    assert_eq!(evs[0].context.ip.as_deref(), Some("203.0.113.9"));
+    let evs = decode(&open(), &facts("/e", Some("ip=0"), &h), body.to_string().as_bytes(), now()).unwrap();
+    assert_eq!(evs[0].context.ip, None);
+}
+
+#[test]
+fn form_without_data_and_empty_bodies_are_400() {
+    let mut h = HeaderMap::new();
+    h.insert("content-type", HeaderValue::from_static("application/x-www-form-urlencoded"));
+    let f = facts("/e", None, &h);
+    for body in [&b"compression=lz64"[..], b"not a form", b""] {
+        let err = decode(&open(), &f, body, now()).unwrap_err();
+        assert_eq!(err.status().as_u16(), 400, "{:?}: {err}", String::from_utf8_lossy(body));
+    }
+    let err = decode(&open(), &facts("/e", None, &HeaderMap::new()), b"", now()).unwrap_err();
+    assert_eq!(err.reason(), "empty_payload");
+}
+
+#[test]
+fn invalid_compressed_payloads_are_400_and_bombs_413() {
+    let h = HeaderMap::new();
+    let err = decode(&open(), &facts("/e", Some("compression=gzip-js"), &h), b"not gzip", now()).unwrap_err();
+    assert_eq!((err.status().as_u16(), err.reason()), (400, "invalid_gzip"));
+    let err = decode(&open(), &facts("/e", Some("compression=lz64"), &h), b"@@@@", now()).unwrap_err();
+    assert_eq!((err.status().as_u16(), err.reason()), (400, "invalid_lz64"));
+}

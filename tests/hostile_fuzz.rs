@@ -415,9 +415,10 @@ fn mutated_seed(seeds: Vec<Req>) -> impl Strategy<Value = Req> {
                 Wrap::Gzip => gzip(&req.body),
                 Wrap::Base64 => b64(&req.body).into_bytes(),
                 Wrap::Form => form(&b64(&req.body), &[]),
-                Wrap::Lz64 => {
-                    form(&lz_str::compress_to_base64(String::from_utf8_lossy(&req.body).as_ref()), &[("compression", "lz64")])
-                }
+                Wrap::Lz64 => form(
+                    &lz_str::compress_to_base64(String::from_utf8_lossy(&req.body).as_ref()),
+                    &[("compression", "lz64")],
+                ),
             };
             if let Some((k, v)) = header {
                 req.headers.retain(|(n, _)| n != k);

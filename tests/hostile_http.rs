@@ -396,8 +396,7 @@ fn open_mode_on_a_public_address_is_refused_by_the_binary() {
     assert!(common::raw_http::blocking_get(&format!("http://127.0.0.1:{port}/healthz")).is_err(), "nothing listens");
 
     // Explicit permission: it starts, and says loudly that it is open.
-    let allowed =
-        "server:\n  listen: \"0.0.0.0:{port}\"\n  allow_open_mode: true\nbus:\n  path: \"{dir}/data\"\n";
+    let allowed = "server:\n  listen: \"0.0.0.0:{port}\"\n  allow_open_mode: true\nbus:\n  path: \"{dir}/data\"\n";
     let s = Sluice::start("serve", allowed);
     assert!(s.logs().contains("OPEN MODE"), "{}", s.logs());
     drop(s);

@@ -162,6 +162,7 @@ async fn posthog_amplitude_and_stripe_over_http_reach_brevo_batched_within_budge
 
     // ≤ 1/20 as many requests as events, within the budget, nothing refused.
     let recorded = sim.recorded();
+    eprintln!("{} Brevo requests for 1,502 events", recorded.len());
     assert!(recorded.len() * 20 <= 1502, "{} requests", recorded.len());
     assert!(recorded.iter().all(|r| (200..300).contains(&r.status)), "{recorded:?}");
     let stats = sim.stats();

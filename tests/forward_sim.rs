@@ -455,3 +455,27 @@ async fn unmappable_events_are_dead_lettered_and_replayable() {
     let (_, _, unacked) = h.finish().await;
     assert_eq!(unacked, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_brevo_processes_after_the_timeout_is_the_one_duplicate() {
+    // Brevo has no idempotency key: when it processes a request after the
+    // client gave up on it, the retry lands too. At-least-once means exactly
+    // that batch twice, nothing lost, and nothing else twice.
+    let sim = sim::start(SimConfig::new(KEY)).await.unwrap();
+    sim.inject(Fault::delay(1_500, 1).on(EndpointClass::Events));
+    let h = start(sim, FAST, CONNECTORS).await;
+    h.publish(&workload()).await;
+    h.wait_for(300, Duration::from_secs(30), |s| s.pending_faults().is_empty()).await;
+    // The delayed request lands 1.5 s after it was sent.
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
+    let (sim, letters, unacked) = h.finish().await;
+    assert!(letters.is_empty() && unacked == 0);
+    let delayed: Vec<_> = sim.recorded().into_iter().filter(|r| r.fault.is_some()).collect();
+    assert_eq!(delayed.len(), 1);
+    let delayed_events = delayed[0].json()["events"].as_array().map_or(0, Vec::len);
+    assert!(delayed_events > 0);
+    let seen = accepted_posthog(&sim);
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), 300, "nothing lost");
+    assert_eq!(seen.len(), 300 + delayed_events, "only the delayed batch twice");
+}

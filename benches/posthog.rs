@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo bench --bench posthog`.
 
-#[path = "../tests/support/posthog_wire.rs"]
+#[path = "../tests/it/posthog_wire.rs"]
 mod wire;
 
 use axum::http::{HeaderMap, HeaderValue};

@@ -442,3 +442,23 @@ mod tests {
         assert!(!is_amplitude_batch(br#"[{"event":"a"}]"#));
     }
 }
+
+/// An identifier with every NUL replaced by U+FFFD, as PostHog's capture does
+/// for distinct ids: a raw NUL never reaches the bus (Kafka consumers and
+/// databases downstream choke on it), and the id stays distinct.
+pub fn without_nul(id: String) -> String {
+    if id.contains('\0') {
+        id.replace('\0', "\u{FFFD}")
+    } else {
+        id
+    }
+}
+
+#[cfg(test)]
+mod nul_tests {
+    #[test]
+    fn nul_is_replaced_and_other_text_kept() {
+        assert_eq!(super::without_nul("a\0b\0".into()), "a\u{FFFD}b\u{FFFD}");
+        assert_eq!(super::without_nul("plain".into()), "plain");
+    }
+}

@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 
 use super::validate::id_text;
 use crate::event::{Event, Kind, Library, Revenue, Source, UserProperties};
+use crate::ingress::without_nul;
 
 /// `source_name` of every Amplitude envelope.
 pub const SOURCE_NAME: &str = "amplitude";
@@ -51,9 +52,10 @@ pub fn normalize(mut obj: Map<String, Value>, origin: &Origin<'_>) -> Accepted {
         "$groupidentify" => Kind::Group,
         _ => Kind::Track,
     };
-    let user_id = obj.remove("user_id").as_ref().and_then(id_text).map(Cow::into_owned);
-    let device_id = obj.remove("device_id").as_ref().and_then(id_text).map(Cow::into_owned);
-    let insert_id = take_text(&mut obj, "insert_id").filter(|s| !s.is_empty());
+    let id = |v: Option<Value>| v.as_ref().and_then(id_text).map(Cow::into_owned).map(without_nul);
+    let user_id = id(obj.remove("user_id"));
+    let device_id = id(obj.remove("device_id"));
+    let insert_id = take_text(&mut obj, "insert_id").filter(|s| !s.is_empty()).map(without_nul);
 
     let mut ev = Event::new(Source::Amplitude, SOURCE_NAME, origin.api_key, kind, &name, origin.received_at);
     ev.distinct_id = user_id.clone().or_else(|| device_id.clone());

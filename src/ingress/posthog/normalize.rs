@@ -70,7 +70,7 @@ pub fn distinct_id_text(value: &Value) -> Option<String> {
     if text.is_empty() {
         return None;
     }
-    let text = if text.contains('\0') { text.replace('\0', "\u{FFFD}") } else { text };
+    let text = crate::ingress::without_nul(text);
     Some(if text.len() > DISTINCT_ID_MAX_CHARS { text.chars().take(DISTINCT_ID_MAX_CHARS).collect() } else { text })
 }
 

@@ -1,6 +1,6 @@
 //! Table tests for v0 decoding: token, distinct id, name and uuid rules,
 //! body shapes, time handling. Routes, encodings and statuses over HTTP are
-//! in `tests/posthog_http.rs`.
+//! in `tests/it/posthog_http.rs`.
 
 use axum::http::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};

@@ -5,8 +5,7 @@
 //! - arbitrary bytes, on any route with any encoding hint, never panic
 //!   the decoder (v0 or v1): they decode or are refused.
 
-#[path = "support/posthog_wire.rs"]
-mod wire;
+use crate::posthog_wire as wire;
 
 use axum::http::{HeaderMap, HeaderValue};
 use chrono::{DateTime, Utc};

@@ -3,8 +3,7 @@
 //! accepted and give the same envelopes; every refusal must carry the status
 //! a PostHog SDK expects, in PostHog's error shape; CORS on every route.
 
-#[path = "support/posthog_wire.rs"]
-mod wire;
+use crate::posthog_wire as wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! Under `CI=true` a missing `prometheus` binary fails the test; elsewhere
 //! the test says SKIP.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -7,7 +7,7 @@
 //! Needs root for `mount -t tmpfs`: under `CI=true` a failed mount fails the
 //! test, elsewhere it skips with a message.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! answers only after the delivery report; `sluice forward` consumes the same
 //! topic from its consumer group.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

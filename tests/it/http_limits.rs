@@ -2,7 +2,7 @@
 //! headers is disconnected, a client that stalls mid-body gets 408, and beyond
 //! the concurrency cap requests get 503 at once instead of queueing.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -12,7 +12,7 @@
 //! * Open mode on a non-loopback address is refused by the binary unless
 //!   `server.allow_open_mode` is set.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -178,7 +178,7 @@ fn hostile_cases() -> Vec<Case> {
     ]
 }
 
-#[ignore = "over 6 minutes in a debug build on 2 cores (bomb cases): run with `cargo test --release --test hostile_http -- --ignored`"]
+#[ignore = "over 6 minutes in a debug build on 2 cores (bomb cases): run with `cargo test --release --test it hostile_http:: -- --ignored`"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bodies_get_a_clear_4xx_and_the_process_stays_healthy_and_bounded() {
     let s = Sluice::start("serve", &yaml());

@@ -5,7 +5,7 @@
 //! same assertions hold for publish/consume, per-key order, ack semantics,
 //! redelivery after restart and the dead-letter topic.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -3,7 +3,7 @@
 //! Sluice's answers (accept, split on 413, drop exactly the invalid events)
 //! and the envelopes that reach the broker.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

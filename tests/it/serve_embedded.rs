@@ -2,7 +2,7 @@
 //! PostHog event from HTTP to the (dry-run) Brevo request, health, metrics,
 //! graceful shutdown, and no re-forwarding after a restart.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

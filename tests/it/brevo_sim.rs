@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-mod common;
+use crate::common;
 use sluice::sim::{self, EndpointClass, Fault, RateLimits, SimClock, SimConfig, SimHandle};
 
 const KEY: &str = "xkeysib-test";

@@ -12,7 +12,7 @@
 //! installs; kubernetes-validate from its venv. Under `CI=true` a missing tool
 //! fails the test; elsewhere the test says SKIP.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -1254,12 +1254,12 @@ fn cargo_lock_is_current_for_the_locked_release_build() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo)
         .current_dir(root())
-        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .args(["metadata", "--locked", "--format-version", "1"])
         .stdout(std::process::Stdio::null()));
 }
 
 /// The image's exact build, run by hand (slow; not part of the default run):
-///   cargo test --test deploy -- --ignored release_build
+///   cargo test --test it deploy::release_build -- --ignored
 #[test]
 #[ignore = "a full release build; run on demand"]
 fn release_build_is_the_dockerfiles() {

@@ -2,7 +2,7 @@
 //! `standardwebhooks` libraries (tests/sdk/webhook_sign.py), sent to the real
 //! `sluice` binary; accepted events read back from the real broker.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! `/identify`, a Stripe-signed `invoice.paid` on `/webhooks/stripe`, and the
 //! Brevo simulator (in this process) as Brevo.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -10,7 +10,7 @@
 //!
 //! Figures are printed as `FIGURES ...` lines (run with `--nocapture`).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;

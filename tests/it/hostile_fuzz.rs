@@ -14,10 +14,8 @@
 //! by default. A long local run:
 //!
 //! ```text
-//! PROPTEST_CASES=100000 cargo test --release --test hostile_fuzz
+//! PROPTEST_CASES=100000 cargo test --release --test it hostile_fuzz::
 //! ```
-
-mod common;
 
 use std::io::Write;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! call's envelope is read back from Kafka and checked field by field, and
 //! the same call must give the same envelope whatever the wire protocol.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

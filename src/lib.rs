@@ -101,7 +101,9 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
 
     let forwarder = if role.forwarder() {
         let deliver: Arc<dyn forward::Deliver> = match &config.brevo.api_key {
-            Some(k) if !k.is_empty() => Arc::new(forward::HttpBrevo::new(&config.brevo)?),
+            Some(k) if !k.is_empty() => {
+                Arc::new(forward::HttpBrevo::new(&config.brevo)?.with_request_log(config.log.debug))
+            }
             _ => {
                 tracing::warn!("no brevo.api_key: DRY RUN, Brevo requests are logged instead of sent");
                 Arc::new(forward::DryRun)

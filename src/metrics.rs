@@ -26,6 +26,7 @@ pub const PUBLISH_DURATION: &str = "sluice_bus_publish_duration_seconds";
 pub const PUBLISH_FAILURES: &str = "sluice_bus_publish_failures_total";
 pub const PRODUCER_QUEUE_MESSAGES: &str = "sluice_kafka_producer_queue_messages";
 pub const PRODUCER_QUEUE_BYTES: &str = "sluice_kafka_producer_queue_bytes";
+pub const PRODUCER_REPLACED: &str = "sluice_kafka_producer_replaced_total";
 pub const CONSUMER_LAG: &str = "sluice_consumer_lag_messages";
 pub const EMBEDDED_LOG_BYTES: &str = "sluice_embedded_log_bytes";
 pub const EMBEDDED_COMMIT_DURATION: &str = "sluice_embedded_commit_duration_seconds";
@@ -124,6 +125,12 @@ pub fn publish(topic: &'static str, elapsed: Duration, ok: bool) {
 pub fn producer_queue(messages: u64, bytes: u64) {
     gauge!(PRODUCER_QUEUE_MESSAGES).set(messages as f64);
     gauge!(PRODUCER_QUEUE_BYTES).set(bytes as f64);
+}
+
+/// The Kafka producer hit a fatal error (fenced, lost sequence) and was
+/// replaced by a fresh one.
+pub fn producer_replaced() {
+    counter!(PRODUCER_REPLACED).increment(1);
 }
 
 pub fn consumer_lag(topic: &str, partition: i32, lag: u64) {

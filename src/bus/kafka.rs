@@ -56,7 +56,11 @@ pub struct KafkaBus {
 }
 
 pub struct KafkaPublisher {
-    producer: FutureProducer<StatsContext>,
+    /// The live producer and its generation. Replaced after a fatal error
+    /// (an idempotent producer that is fenced or lost its sequence after a
+    /// broker outage never recovers by itself).
+    producer: std::sync::RwLock<(u64, FutureProducer<StatsContext>)>,
+    producer_config: ClientConfig,
     cfg: KafkaConfig,
 }
 
@@ -119,7 +123,9 @@ impl KafkaBus {
         if cfg.create_topics {
             ensure_topics(cfg).await?;
         }
-        Ok(KafkaBus { cfg: cfg.clone(), publisher: Arc::new(KafkaPublisher { producer, cfg: cfg.clone() }) })
+        let publisher =
+            KafkaPublisher { producer: std::sync::RwLock::new((0, producer)), producer_config: pc, cfg: cfg.clone() };
+        Ok(KafkaBus { cfg: cfg.clone(), publisher: Arc::new(publisher) })
     }
 
     pub fn publisher(&self) -> Arc<KafkaPublisher> {
@@ -146,30 +152,87 @@ async fn ensure_topics(cfg: &KafkaConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[async_trait]
-impl Publisher for KafkaPublisher {
-    async fn publish(&self, topic: Topic, records: Vec<Record>) -> Result<(), BusError> {
-        let name = topic_name(&self.cfg, topic);
+/// Errors after which an idempotent producer stays broken: the broker no
+/// longer accepts its producer id, epoch or sequence (seen from Tansu after an
+/// outage as `ProducerFenced` on every later message).
+fn broken_producer(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            | RDKafkaErrorCode::UnknownProducerId
+            | RDKafkaErrorCode::InvalidProducerIdMapping
+            | RDKafkaErrorCode::Fatal
+    )
+}
+
+impl KafkaPublisher {
+    fn current(&self) -> (u64, FutureProducer<StatsContext>) {
+        self.producer.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// After a failed publish: when librdkafka reports the producer fatally
+    /// broken, put a fresh one in its place (once per generation), so the
+    /// process recovers when the broker does, without a restart.
+    fn replace_if_fatal(&self, generation: u64, failed: &FutureProducer<StatsContext>, error: &KafkaError) {
+        let fatal = match failed.client().fatal_error() {
+            Some((code, reason)) => format!("{code:?}: {reason}"),
+            None if error.rdkafka_error_code().is_some_and(broken_producer) => error.to_string(),
+            None => return,
+        };
+        let mut slot = self.producer.write().unwrap_or_else(|p| p.into_inner());
+        if slot.0 != generation {
+            return; // another publish replaced it already
+        }
+        match self.producer_config.create_with_context::<_, FutureProducer<StatsContext>>(StatsContext) {
+            Ok(fresh) => {
+                tracing::warn!(error = %fatal, generation = generation + 1, "Kafka producer hit a fatal error; replaced it");
+                m::producer_replaced();
+                *slot = (generation + 1, fresh);
+            }
+            Err(e) => tracing::error!(error = %e, "Kafka producer hit a fatal error and cannot be replaced"),
+        }
+    }
+
+    async fn publish_with(
+        producer: &FutureProducer<StatsContext>,
+        name: &str,
+        records: &[Record],
+    ) -> Result<(), KafkaError> {
         let mut inflight = Vec::with_capacity(records.len());
-        for r in &records {
+        for r in records {
             let rec = FutureRecord::to(name).key(&r.key).payload(&r.payload);
-            match self.producer.send_result(rec) {
+            match producer.send_result(rec) {
                 Ok(fut) => inflight.push(fut),
-                Err((e, _)) => return Err(map_err(&e)),
+                Err((e, _)) => return Err(e),
             }
         }
         for fut in inflight {
             match fut.await {
                 Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(map_err(&e)),
-                Err(_) => return Err(BusError::Unavailable("producer dropped the message".into())),
+                Ok(Err((e, _))) => return Err(e),
+                Err(_) => return Err(KafkaError::Canceled),
             }
         }
         Ok(())
     }
+}
+
+#[async_trait]
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, topic: Topic, records: Vec<Record>) -> Result<(), BusError> {
+        let name = topic_name(&self.cfg, topic);
+        let (generation, producer) = self.current();
+        let result = Self::publish_with(&producer, name, &records).await;
+        result.map_err(|e| {
+            self.replace_if_fatal(generation, &producer, &e);
+            map_err(&e)
+        })
+    }
 
     async fn ready(&self) -> Result<(), BusError> {
-        let client = self.producer.clone();
+        let client = self.current().1;
         let topic = self.cfg.topic.clone();
         tokio::task::spawn_blocking(move || {
             let md = client.client().fetch_metadata(Some(&topic), Duration::from_secs(3)).map_err(|e| map_err(&e))?;
@@ -183,7 +246,7 @@ impl Publisher for KafkaPublisher {
     }
 
     async fn flush(&self, timeout: Duration) -> Result<(), BusError> {
-        let p = self.producer.clone();
+        let p = self.current().1;
         tokio::task::spawn_blocking(move || p.flush(timeout).map_err(|e| map_err(&e)))
             .await
             .map_err(|e| BusError::Fatal(e.to_string()))?

@@ -270,18 +270,31 @@ impl Lane {
     /// The open requests up to the last ready one (all of them when
     /// `force`), in the order they must be sent.
     pub fn take_ready(&mut self, now: Instant, linger: Duration, force: bool) -> Vec<Batch> {
+        self.take_ready_at_most(now, linger, force, usize::MAX)
+    }
+
+    /// Like [`Lane::take_ready`], but at most `max` non-empty requests, the
+    /// oldest. The forwarder sends one request per task so that an envelope
+    /// is acknowledged as soon as its request is answered: what a crash can
+    /// redeliver is then one request per lane, not a lane's whole backlog.
+    pub fn take_ready_at_most(&mut self, now: Instant, linger: Duration, force: bool, max: usize) -> Vec<Batch> {
         let last_ready = if force {
             self.open.len().checked_sub(1)
         } else {
             self.open.iter().rposition(|r| r.full || r.opened_at + linger <= now)
         };
         let Some(last) = last_ready else { return Vec::new() };
-        let taken: Vec<Batch> = self
-            .open
-            .drain(..=last)
-            .map(|r| Batch { shape: r.shape, items: r.items, owners: r.owners })
-            .filter(|b| !b.is_empty())
-            .collect();
+        let mut taken = Vec::new();
+        for _ in 0..=last {
+            if taken.len() >= max {
+                break;
+            }
+            let Some(r) = self.open.pop_front() else { break };
+            let b = Batch { shape: r.shape, items: r.items, owners: r.owners };
+            if !b.is_empty() {
+                taken.push(b);
+            }
+        }
         let first_open = self.open.front().map_or(self.next_serial, |r| r.serial);
         self.last_of_user.retain(|_, serial| *serial >= first_open);
         taken
@@ -384,6 +397,23 @@ mod tests {
         let rest = lane.take_ready(now + LINGER, LINGER, false);
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].owners, vec![vec![6]]);
+        assert!(lane.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_takes_the_oldest_ready_requests_and_leaves_the_rest() {
+        let mut lane = Lane::new(limits());
+        let now = Instant::now();
+        for i in 0..7 {
+            lane.push(i, &format!("u{i}"), vec![ev(i as u32)], now);
+        }
+        let first = lane.take_ready_at_most(now, LINGER, false, 1);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].owners, vec![vec![0], vec![1], vec![2]], "the oldest request first");
+        let second = lane.take_ready_at_most(now, LINGER, false, 1);
+        assert_eq!(second[0].owners, vec![vec![3], vec![4], vec![5]]);
+        assert!(lane.take_ready_at_most(now, LINGER, false, 1).is_empty(), "the partial third waits");
+        assert_eq!(lane.take_ready_at_most(now + LINGER, LINGER, false, 1)[0].owners, vec![vec![6]]);
         assert!(lane.is_empty());
     }
 

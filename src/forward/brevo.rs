@@ -161,6 +161,8 @@ pub struct HttpBrevo {
     client: reqwest::Client,
     base_url: String,
     api_key: String,
+    /// `log.debug`: log every request (path, body, answer), never its key.
+    log_requests: bool,
 }
 
 impl HttpBrevo {
@@ -171,7 +173,14 @@ impl HttpBrevo {
             .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(5_000)))
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(HttpBrevo { client, base_url: cfg.base_url.trim_end_matches('/').to_string(), api_key })
+        Ok(HttpBrevo { client, base_url: cfg.base_url.trim_end_matches('/').to_string(), api_key, log_requests: false })
+    }
+
+    /// Log every request and Brevo's answer (the connector docs' `debug`
+    /// switch, `log.debug` here). The `api-key` header is never logged.
+    pub fn with_request_log(mut self, on: bool) -> HttpBrevo {
+        self.log_requests = on;
+        self
     }
 }
 
@@ -208,6 +217,17 @@ impl Deliver for HttpBrevo {
             }
         };
         m::brevo_request(class, status, started.elapsed(), req.events);
+        if self.log_requests {
+            tracing::info!(
+                method = "POST",
+                path = %req.path,
+                body = %req.body,
+                events = req.events,
+                status,
+                answer = %body,
+                "Brevo request"
+            );
+        }
         Ok(BrevoReply { status, body, rate })
     }
 }

@@ -205,7 +205,7 @@ impl Forwarder {
             if self.busy[i] {
                 continue;
             }
-            let batches = self.lanes[i].take_ready(now, linger, false);
+            let batches = self.lanes[i].take_ready_at_most(now, linger, false, 1);
             if batches.is_empty() {
                 continue;
             }

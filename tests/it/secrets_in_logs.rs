@@ -1,4 +1,4 @@
-//! Secrets never reach the logs: a full `sluice serve` run at `debug` level
+//! Secrets never reach the logs: a full `sluice serve` run with `RUST_LOG=debug`
 //! with `log.debug` on (every mapped Brevo request logged) takes PostHog,
 //! Amplitude and signed Stripe and Standard Webhooks traffic, including
 //! wrong tokens and bad signatures, forwards to the Brevo simulator, and
@@ -11,7 +11,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use common::Sluice;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
@@ -85,7 +84,9 @@ fn secrets() -> Vec<String> {
 async fn a_full_debug_run_never_logs_a_secret_or_token() {
     let sim = sim::start(SimConfig::new(BREVO_KEY)).await.expect("simulator");
     let yaml = config(&sim.base_url());
-    let mut sluice = Sluice::start("serve", &yaml);
+    // Everything at debug: Sluice's own modules and the HTTP and Kafka crates.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sluice = common::start_sluice_env("serve", &yaml, dir, &[("RUST_LOG", "debug")]);
     let http = reqwest::Client::new();
     let base = &sluice.base;
     let mut statuses = Vec::new();
@@ -149,8 +150,7 @@ async fn a_full_debug_run_never_logs_a_secret_or_token() {
     assert!(status.success(), "exit {status:?}");
 
     let logs = sluice.logs();
-    assert!(logs.lines().count() > 20, "a debug run logs more than this:\n{logs}");
-    assert!(logs.contains("\"DEBUG\""), "the run did not log at debug level:\n{logs}");
+    assert!(logs.contains("\"Brevo request\""), "log.debug did not log the Brevo requests:\n{logs}");
     let cfg = common::write_config(sluice.dir.path(), &yaml.replace("{port}", "0").replace("{dir}", "/tmp"));
     let check = Command::new(env!("CARGO_BIN_EXE_sluice")).arg("check-config").arg("--config").arg(&cfg).output();
     let check = check.expect("check-config runs");

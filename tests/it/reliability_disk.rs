@@ -52,7 +52,6 @@ async fn post(client: &reqwest::Client, base: &str) -> Posted {
     Posted { id, status: resp.status().as_u16(), retry_after }
 }
 
-#[ignore = "open defect (issue 9): after ENOSPC and recovery, the restart step of this scenario fails; see issue 9 note"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_refuses_with_503_and_recovers_when_space_returns() {
     let Some(fs) = common::Tmpfs::mount("8m") else { return };
@@ -153,7 +152,7 @@ async fn disk_full_refuses_with_503_and_recovers_when_space_returns() {
     let redelivered = common::eventually(Duration::from_secs(20), || {
         let d =
             common::dry_run_deliveries(&s2.logs(), &[p.id.clone()].into_iter().chain(acked.iter().cloned()).collect());
-        d.contains(&p.id).then_some(d.len() - 1)
+        d.contains(&p.id).then(|| d.len() - 1)
     })
     .await
     .expect("the event after restart is delivered");

@@ -24,6 +24,7 @@ mod posthog_http;
 mod posthog_props;
 mod posthog_sdk;
 mod prometheus_scrape;
+mod reliability_brevo;
 mod reliability_broker;
 mod reliability_crash;
 mod reliability_disk;

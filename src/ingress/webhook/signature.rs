@@ -95,6 +95,8 @@ impl SigningKey {
     }
 
     fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        #[cfg(test)]
+        tests::MACS.with(|n| n.set(n.get() + 1));
         let mut mac = self.mac.clone();
         for p in parts {
             mac.update(p);
@@ -357,6 +359,17 @@ mod tests {
     const STD_BODY: &[u8] = br#"{"test": 2432232314}"#;
     const STD_SIG: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
 
+    thread_local! {
+        /// HMACs computed on this thread (counted by `SigningKey::mac`).
+        pub(super) static MACS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    fn macs_for(f: impl FnOnce()) -> usize {
+        MACS.with(|n| n.set(0));
+        f();
+        MACS.with(|n| n.get())
+    }
+
     fn stripe_key(s: &str) -> SigningKey {
         SigningKey::new(WebhookScheme::Stripe, s).unwrap()
     }
@@ -401,6 +414,45 @@ mod tests {
             let v = verify(WebhookScheme::Standard, &h, STD_BODY, std::slice::from_ref(&key), 300, STD_T).unwrap();
             assert_eq!(v.message_id.as_deref(), Some(STD_ID), "{}", WEBHOOK_ID[i]);
         }
+    }
+
+    /// The comparison is the constant-time one (`subtle`'s `ct_eq` over
+    /// every key × candidate): a match on the first key computes exactly as
+    /// many HMACs as a match on the last or no match at all, and the refusal
+    /// reads the same whether a candidate is close or nowhere near.
+    #[test]
+    fn verification_work_and_refusal_do_not_depend_on_where_or_how_close_a_match_is() {
+        let keys = [stripe_key("whsec_a"), stripe_key("whsec_b"), stripe_key("whsec_c")];
+        let good = |k: &SigningKey| k.stripe_header(STRIPE_T, STRIPE_BODY);
+        for signer in &keys {
+            let header = good(signer);
+            let n = macs_for(|| {
+                stripe(&header, STRIPE_BODY, &keys, STRIPE_T).unwrap();
+            });
+            assert_eq!(n, keys.len(), "a match still computes one HMAC per key");
+        }
+        let valid = good(&keys[0]);
+        let hex_sig = valid.rsplit_once('=').unwrap().1.to_string();
+        let last_flipped = {
+            let mut b = hex_sig.clone().into_bytes();
+            b[63] = if b[63] == b'0' { b'1' } else { b'0' };
+            String::from_utf8(b).unwrap()
+        };
+        let first_flipped = {
+            let mut b = hex_sig.clone().into_bytes();
+            b[0] = if b[0] == b'0' { b'1' } else { b'0' };
+            String::from_utf8(b).unwrap()
+        };
+        let mut refusals = Vec::new();
+        for sig in [last_flipped, first_flipped, "0".repeat(64), hex::encode([0xffu8; 32])] {
+            let header = format!("t={STRIPE_T},v1={sig}");
+            let n = macs_for(|| refusals.push(stripe(&header, STRIPE_BODY, &keys, STRIPE_T).unwrap_err().to_string()));
+            assert_eq!(n, keys.len(), "no match computes one HMAC per key too");
+        }
+        assert!(refusals.windows(2).all(|w| w[0] == w[1]), "a near miss must read like any miss: {refusals:?}");
+        // Several candidates: still keys × candidates comparisons, one HMAC per key.
+        let many = format!("t={STRIPE_T},v1={},v1={},v1={hex_sig}", "1".repeat(64), "2".repeat(64));
+        assert_eq!(macs_for(|| drop(stripe(&many, STRIPE_BODY, &keys, STRIPE_T).unwrap())), keys.len());
     }
 
     #[test]

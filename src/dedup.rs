@@ -36,7 +36,8 @@ fn shared_db(dir: &Path) -> anyhow::Result<Arc<Database>> {
     if let Some(db) = open.iter().find(|(p, _)| *p == path).and_then(|(_, w)| w.upgrade()) {
         return Ok(db);
     }
-    let db = Arc::new(Database::create(&path)?);
+    // A small page cache: the window is bounded and mostly in memory already.
+    let db = Arc::new(redb::Builder::new().set_cache_size(8 << 20).create(&path)?);
     open.push((path, Arc::downgrade(&db)));
     let weak = Arc::downgrade(&db);
     std::thread::Builder::new().name("sluice-dedup-flush".into()).spawn(move || flush_loop(weak))?;

@@ -110,10 +110,18 @@ pub(crate) struct Store {
 
 const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
+/// redb's page cache. Its default (1 GiB) let the process grow past a
+/// gigabyte under load; the log is written once and read once, soon after,
+/// so a small cache loses nothing.
+pub const CACHE_BYTES: usize = 32 << 20;
+
+fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
+    redb::Builder::new().set_cache_size(CACHE_BYTES).create(path)
+}
+
 impl Store {
     fn open(path: PathBuf) -> anyhow::Result<Store> {
-        let db =
-            Database::create(&path).map_err(|e| anyhow::anyhow!("cannot open embedded log {}: {e}", path.display()))?;
+        let db = open_db(&path).map_err(|e| anyhow::anyhow!("cannot open embedded log {}: {e}", path.display()))?;
         Ok(Store {
             path,
             db: RwLock::new(Some(Arc::new(db))),
@@ -179,7 +187,7 @@ impl Store {
                 }
             }
         }
-        match Database::create(&self.path) {
+        match open_db(&self.path) {
             Ok(db) => {
                 let db = Arc::new(db);
                 *slot = Some(db.clone());

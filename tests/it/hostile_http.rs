@@ -122,10 +122,10 @@ fn hostile_cases() -> Vec<Case> {
     for _ in 0..12 {
         nested_b64 = b64(nested_b64.as_bytes());
     }
-    // Inflates to 256 MiB (12.8 times the 20 MiB cap) of one JSON string.
+    // Inflates to 1 GiB (51 times the 20 MiB cap) of one JSON string.
     let bomb = gzip_bomb(
         &format!(r#"{{"api_key":"{TOKEN}","event":"e","distinct_id":"u","properties":{{"p":""#),
-        256 << 20,
+        1 << 30,
         r#""}}"#,
     );
     let lz_bomb = lz_bomb();
@@ -233,9 +233,10 @@ async fn hostile_bodies_get_a_clear_4xx_and_the_process_stays_healthy_and_bounde
     let peak = sampler.peak_kib();
     drop(sampler);
     eprintln!("FIGURES hostile bodies: baseline_rss={baseline} KiB peak_rss={peak} KiB\n  {}", report.join("\n  "));
-    // A decoder without an output cap would need 256 MiB and more for the
-    // gzip bombs alone.
-    assert!(peak < baseline + 128 * 1024, "RSS grew from {baseline} KiB to {peak} KiB");
+    // A decoder without an output cap would need 1 GiB and more for one gzip
+    // bomb; capped decoders hold a few 20 MiB buffers at a time, which the
+    // allocator may keep for reuse (~150 MiB seen with mimalloc).
+    assert!(peak < baseline + 256 * 1024, "RSS grew from {baseline} KiB to {peak} KiB");
     let metrics = client.get(format!("{}/metrics", s.base)).send().await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("sluice_events_rejected_total"), "refusals are counted");
 }

@@ -1,6 +1,7 @@
 //! Connection-level protections on the real binary: a client that dribbles its
 //! headers is disconnected, a client that stalls mid-body gets 408, and beyond
-//! the concurrency cap requests get 503 at once instead of queueing.
+//! the concurrency cap requests get 503 at once instead of queueing, and a
+//! crowd of slowloris connections neither blocks a real client nor stays.
 
 use crate::common;
 
@@ -67,4 +68,41 @@ fn beyond_the_concurrency_cap_requests_get_503_at_once() {
     let status = common::raw_http::blocking_get(&format!("{}/readyz", s.base)).unwrap();
     assert_eq!(status, 503);
     assert!(started.elapsed() < Duration::from_secs(1), "refusal must not queue");
+}
+
+#[test]
+fn a_crowd_of_slowloris_clients_cannot_hold_the_server() {
+    let s = Sluice::start(
+        "serve",
+        "server:\n  listen: \"127.0.0.1:{port}\"\n  header_read_timeout_secs: 2\n  max_concurrent_requests: 16\nbus:\n  path: \"{dir}/data\"\n",
+    );
+    // 300 connections (far beyond the 16 request slots) each send half a
+    // request line and then nothing.
+    let mut crowd: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut c = connect(&s);
+            c.write_all(b"POST /i/v0/e/ HTTP/1.1\r\nHost: x\r\nContent-Ty").unwrap();
+            c
+        })
+        .collect();
+    // A real client is still served at once.
+    let started = Instant::now();
+    let body = r#"{"api_key":"phc_any","event":"e","distinct_id":"u"}"#;
+    let req = format!(
+        "POST /i/v0/e/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let resp = common::raw_exchange(s.port, req.as_bytes(), Duration::from_secs(5));
+    assert_eq!(common::raw_status(&resp), Some(200), "{}", String::from_utf8_lossy(&resp));
+    assert!(started.elapsed() < Duration::from_secs(2), "served after {:?}", started.elapsed());
+    // And every slow connection is dropped after the header deadline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for c in &mut crowd {
+        c.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
+            .unwrap();
+        let mut buf = Vec::new();
+        let r = c.read_to_end(&mut buf);
+        assert!(r.is_ok(), "a slowloris connection was still open 10 s later: {r:?}");
+    }
+    assert!(Instant::now() < deadline);
 }

@@ -7,8 +7,8 @@
 //! absorbs the backlog), the forwarder's memory stays bounded, and after
 //! Brevo recovers every acknowledged event is accepted exactly once.
 //!
-//! Each phase lasts `SLUICE_TEST_BREVO_FAULT_SECS` seconds (default 10, to
-//! keep the suite short; set it to 120+ for a minutes-long local run).
+//! Each phase lasts `SLUICE_TEST_BREVO_FAULT_SECS` seconds (default 60: three
+//! minutes of trouble in a row; set it lower for a quick local run).
 //! Figures are printed as a `FIGURES ...` line (run with `--nocapture`).
 
 use crate::common;
@@ -31,7 +31,7 @@ const INTERVAL: Duration = Duration::from_millis(100);
 const ALWAYS: u32 = 1_000_000;
 
 fn phase() -> Duration {
-    let secs = std::env::var("SLUICE_TEST_BREVO_FAULT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let secs = std::env::var("SLUICE_TEST_BREVO_FAULT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     Duration::from_secs(secs)
 }
 

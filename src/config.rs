@@ -373,9 +373,13 @@ macro_rules! mapping_view {
 }
 mapping_view!(PosthogConnector, AmplitudeConnector, WebhookSource);
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PosthogConnector {
+    /// `false` unmounts the PostHog routes (404) so a deployment that takes
+    /// only other sources need not configure tokens for this one.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// Accepted project tokens (`phc_...`). Empty means open mode.
     #[serde(default)]
     pub project_tokens: Vec<Secret>,
@@ -397,6 +401,10 @@ pub struct PosthogConnector {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmplitudeConnector {
+    /// `false` unmounts the Amplitude routes (404) so a deployment that takes
+    /// only other sources need not configure keys for this one.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// Accepted API keys. Empty means open mode.
     #[serde(default)]
     pub api_keys: Vec<Secret>,
@@ -425,6 +433,19 @@ pub struct AmplitudeConnector {
     pub lists: Vec<ListRule>,
 }
 
+impl Default for PosthogConnector {
+    fn default() -> Self {
+        PosthogConnector {
+            enabled: true,
+            project_tokens: Vec::new(),
+            event_filters: Vec::new(),
+            event_mapping: BTreeMap::new(),
+            property_mapping: BTreeMap::new(),
+            lists: Vec::new(),
+        }
+    }
+}
+
 fn default_insert_id_window_secs() -> u64 {
     7 * 24 * 3600
 }
@@ -435,6 +456,7 @@ fn default_dedup_max_entries() -> usize {
 impl Default for AmplitudeConnector {
     fn default() -> Self {
         AmplitudeConnector {
+            enabled: true,
             api_keys: Vec::new(),
             dedup_window_secs: default_insert_id_window_secs(),
             dedup_max_entries: default_dedup_max_entries(),
@@ -844,7 +866,7 @@ impl Config {
             return Err(invalid(
                 "server.listen",
                 format!(
-                    "open mode (no connectors.posthog.project_tokens / connectors.amplitude.api_keys) on non-loopback address {} would accept anyone's events; configure tokens or set server.allow_open_mode: true",
+                    "open mode (no connectors.posthog.project_tokens / connectors.amplitude.api_keys) on non-loopback address {} would accept anyone's events; configure tokens, disable the unused connector (enabled: false) or set server.allow_open_mode: true",
                     self.server.listen
                 ),
             ));
@@ -852,9 +874,11 @@ impl Config {
         Ok(())
     }
 
-    /// True when PostHog or Amplitude accept any token.
+    /// True when an enabled PostHog or Amplitude connector accepts any token.
     pub fn open_mode(&self) -> bool {
-        self.connectors.posthog.project_tokens.is_empty() || self.connectors.amplitude.api_keys.is_empty()
+        let c = &self.connectors;
+        (c.posthog.enabled && c.posthog.project_tokens.is_empty())
+            || (c.amplitude.enabled && c.amplitude.api_keys.is_empty())
     }
 
     /// The effective configuration as YAML, secrets redacted.
@@ -1010,6 +1034,17 @@ brevo:
             assert!(!yaml.contains(s), "{s} leaked into YAML");
         }
         assert!(yaml.contains("<redacted>"));
+    }
+
+    #[test]
+    fn a_disabled_connector_does_not_make_a_public_address_open() {
+        let env = |_: &str| None;
+        let yaml = "server:\n  listen: 0.0.0.0:8080\nconnectors:\n  posthog:\n    project_tokens: [phc_a]\n";
+        let err = Config::from_yaml(yaml, "t.yaml", &env).unwrap_err().to_string();
+        assert!(err.contains("open mode"), "{err}");
+        let yaml = format!("{yaml}  amplitude:\n    enabled: false\n");
+        let c = Config::from_yaml(&yaml, "t.yaml", &env).unwrap();
+        assert!(!c.open_mode() && c.connectors.posthog.enabled && !c.connectors.amplitude.enabled);
     }
 
     #[test]

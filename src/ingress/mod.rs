@@ -178,16 +178,24 @@ pub fn refuse(source: &'static str, dialect: Dialect, err: IngressError, events:
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_concurrent_requests;
     let timeout = Duration::from_secs(state.config.server.request_timeout_secs);
-    Router::new()
+    let connectors = &state.config.connectors;
+    let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/batch", any(batch).layer(posthog::cors()))
-        .route("/batch/", any(batch).layer(posthog::cors()))
-        .merge(posthog::routes())
-        .merge(amplitude::routes())
-        .merge(webhook::routes())
-        .layer(middleware::from_fn_with_state(Arc::new(Admission::new(limit, timeout)), admit))
+        .merge(webhook::routes());
+    // A disabled connector's routes are not mounted: 404, like any unknown path.
+    if connectors.posthog.enabled || connectors.amplitude.enabled {
+        app =
+            app.route("/batch", any(batch).layer(posthog::cors())).route("/batch/", any(batch).layer(posthog::cors()));
+    }
+    if connectors.posthog.enabled {
+        app = app.merge(posthog::routes());
+    }
+    if connectors.amplitude.enabled {
+        app = app.merge(amplitude::routes());
+    }
+    app.layer(middleware::from_fn_with_state(Arc::new(Admission::new(limit, timeout)), admit))
         // Outside admission, so overload 503s and timeout 408s are counted
         // in sluice_http_requests_total (the 5xx-ratio alert relies on it).
         .layer(middleware::from_fn(record_http))
@@ -331,7 +339,12 @@ async fn batch(State(state): State<AppState>, req: Request<Body>) -> Response {
         Ok(r) => r,
         Err(e) => return refuse("posthog", Dialect::Posthog, e, 1),
     };
-    if is_amplitude_batch(&raw.body) {
+    let connectors = &state.config.connectors;
+    let amplitude_shape = is_amplitude_batch(&raw.body);
+    if (amplitude_shape && !connectors.amplitude.enabled) || (!amplitude_shape && !connectors.posthog.enabled) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if amplitude_shape {
         amplitude::handle_batch(&state, raw).await
     } else {
         posthog::handle(&state, raw).await
@@ -400,6 +413,29 @@ mod tests {
         let text = handle.render();
         assert!(text.contains(r#"sluice_http_requests_total{route="/e",status="503"} 1"#), "{text}");
         assert!(text.contains(r#"sluice_events_rejected_total{source="http",reason="overloaded"} 1"#), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_disabled_connector_answers_404_and_leaves_the_other_working() {
+        let yaml = "connectors:\n  posthog:\n    project_tokens: [phc_only]\n  amplitude:\n    enabled: false\n";
+        let cfg = Config::from_yaml(yaml, "t.yaml", &|_| None).expect("config");
+        assert!(!cfg.open_mode(), "a disabled connector without keys is not open mode");
+        let bus = Arc::new(MemoryBus::new());
+        let app = router(AppState::new(Arc::new(cfg), bus.clone(), Arc::new(SystemClock), None, None).expect("state"));
+        let post = |path: &str, body: &str| {
+            Request::post(path).header("content-type", "application/json").body(Body::from(body.to_string())).unwrap()
+        };
+        let amp = r#"{"api_key":"any_key_at_all_0123456789","events":[{"event_type":"e","user_id":"user-1"}]}"#;
+        for path in ["/2/httpapi", "/batch", "/batch/"] {
+            let resp = app.clone().oneshot(post(path, amp)).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}");
+        }
+        let ph = r#"{"api_key":"phc_only","batch":[{"event":"e","distinct_id":"u"}]}"#;
+        for path in ["/batch/", "/i/v0/e/"] {
+            let resp = app.clone().oneshot(post(path, ph)).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        }
+        assert_eq!(bus.records(Topic::Events).len(), 2, "only the PostHog events reached the bus");
     }
 
     #[tokio::test]

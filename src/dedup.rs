@@ -15,7 +15,9 @@
 //!   another ingress replica is published again and then suppressed by the
 //!   forwarder's envelope-id dedup (same id), within its window.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,10 +58,24 @@ fn flush_loop(db: std::sync::Weak<Database>) {
     }
 }
 
+/// Ids are held in memory as 128-bit keyed digests, not strings: about 50
+/// bytes per id instead of ~250 (the Amplitude window holds up to a million),
+/// and the per-process random keys leave nobody able to aim a collision.
 struct Memory {
-    expiry: HashMap<String, u64>,
+    expiry: HashMap<u128, u64>,
     /// Insertion order, for eviction beyond `max_entries`.
-    order: VecDeque<String>,
+    order: VecDeque<u128>,
+    keys: (RandomState, RandomState),
+}
+
+impl Memory {
+    fn new() -> Memory {
+        Memory { expiry: HashMap::new(), order: VecDeque::new(), keys: (RandomState::new(), RandomState::new()) }
+    }
+
+    fn digest(&self, id: &str) -> u128 {
+        (u128::from(self.keys.0.hash_one(id)) << 64) | u128::from(self.keys.1.hash_one(id))
+    }
 }
 
 /// A bounded, windowed set of ids; cheap to share behind an `Arc`.
@@ -84,7 +100,7 @@ impl DedupStore {
             name: name.into(),
             window_ms: window.as_millis() as u64,
             max_entries: max_entries.max(1),
-            mem: Mutex::new(Memory { expiry: HashMap::new(), order: VecDeque::new() }),
+            mem: Mutex::new(Memory::new()),
             db: dir.map(shared_db).transpose()?,
         };
         store.load(now_ms())?;
@@ -123,8 +139,9 @@ impl DedupStore {
         live.sort_unstable();
         let mut mem = self.lock();
         for (exp, id) in live.into_iter().rev().take(self.max_entries).rev() {
-            mem.order.push_back(id.clone());
-            mem.expiry.insert(id, exp);
+            let d = mem.digest(&id);
+            mem.order.push_back(d);
+            mem.expiry.insert(d, exp);
         }
         Ok(())
     }
@@ -135,7 +152,9 @@ impl DedupStore {
     }
 
     pub fn seen_at(&self, id: &str, now: u64) -> bool {
-        let hit = self.lock().expiry.get(id).is_some_and(|&exp| exp > now);
+        let mem = self.lock();
+        let hit = mem.expiry.get(&mem.digest(id)).is_some_and(|&exp| exp > now);
+        drop(mem);
         if hit {
             crate::metrics::dedup_hit(&self.name, 1);
         }
@@ -153,10 +172,13 @@ impl DedupStore {
         {
             let mut mem = self.lock();
             for id in ids {
-                if mem.expiry.insert(id.to_string(), exp).is_none() {
-                    mem.order.push_back(id.to_string());
+                let d = mem.digest(id);
+                if mem.expiry.insert(d, exp).is_none() {
+                    mem.order.push_back(d);
                 }
-                fresh.push(id.to_string());
+                if self.db.is_some() {
+                    fresh.push(id.to_string());
+                }
             }
             while mem.order.len() > self.max_entries {
                 if let Some(old) = mem.order.pop_front() {

@@ -245,7 +245,7 @@ async fn ingest(
         m::dedup_hit(DEDUP_STORE, repeated_in_request);
     }
 
-    if let Err(e) = publish(state, SOURCE, &events).await {
+    if let Err(e) = publish(state, SOURCE, events).await {
         return refuse(SOURCE, Dialect::Amplitude, e, n);
     }
     amp.dedup.remember(keys.iter().map(String::as_str));

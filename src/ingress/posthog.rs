@@ -202,9 +202,11 @@ pub async fn handle(state: &AppState, raw: RawRequest) -> Response {
         Err(e) => return refuse(SOURCE, Dialect::Posthog, e, 1),
     };
     crate::metrics::request_size(SOURCE, raw.body.len(), events.len());
-    match publish(state, SOURCE, &events).await {
-        Ok(()) => ok(facts.beacon()),
-        Err(e) => refuse(SOURCE, Dialect::Posthog, e, events.len()),
+    let (n, beacon) = (events.len(), facts.beacon());
+    drop(raw);
+    match publish(state, SOURCE, events).await {
+        Ok(()) => ok(beacon),
+        Err(e) => refuse(SOURCE, Dialect::Posthog, e, n),
     }
 }
 

@@ -213,9 +213,10 @@ async fn deliver(state: &AppState, source: &SignedSource, raw: &RawRequest) -> R
         tracing::debug!(id = %dedup_key, "redelivery of a published event");
         return Ok(answer("duplicate", &event.id));
     }
-    publish(state, SOURCE, std::slice::from_ref(&event)).await?;
+    let id = event.id.clone();
+    publish(state, SOURCE, vec![event]).await?;
     source.published.remember([dedup_key.as_str()]);
-    Ok(answer("ok", &event.id))
+    Ok(answer("ok", &id))
 }
 
 fn answer(status: &str, id: &str) -> Response {

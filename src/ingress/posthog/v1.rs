@@ -480,8 +480,11 @@ pub async fn handle(state: &AppState, raw: RawRequest) -> Response {
         Err(e) => return refuse(SOURCE, Dialect::PosthogV1, e, 1),
     };
     crate::metrics::request_size(SOURCE, raw.body.len(), decoded.results.len());
-    if let Err(e) = publish(state, SOURCE, &decoded.events).await {
-        return refuse(SOURCE, Dialect::PosthogV1, e, decoded.events.len());
+    let mut decoded = decoded;
+    let events = std::mem::take(&mut decoded.events);
+    let n = events.len();
+    if let Err(e) = publish(state, SOURCE, events).await {
+        return refuse(SOURCE, Dialect::PosthogV1, e, n);
     }
     for (_, verdict) in &decoded.results {
         if let Verdict::Drop(reason) = verdict {

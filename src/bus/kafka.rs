@@ -4,7 +4,9 @@
 //!   `send_result` (so they are all in flight together) and resolves when every
 //!   delivery report arrived. Queue full and broker errors are retryable
 //!   (`BusError::Unavailable`, ingress answers 503), message too large is
-//!   `BusError::TooLarge` (413).
+//!   `BusError::TooLarge` (413). A producer left fatally broken or fenced
+//!   (Tansu fences it after an outage) is replaced by a fresh one on the next
+//!   failed publish, so the process recovers without a restart.
 //! * Consumer: a consumer group with `enable.auto.offset.store=false`; an
 //!   offset is stored only after [`Subscriber::ack`], over the contiguous acked
 //!   prefix per partition, and committed by librdkafka's auto-commit and

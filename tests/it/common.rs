@@ -184,35 +184,22 @@ log:
 /// Read `want` envelopes from `topic` on the real broker (fresh consumer
 /// group, from the beginning), waiting at most `within`.
 pub async fn read_events(brokers: &str, topic: &str, want: usize, within: Duration) -> Vec<sluice::event::Event> {
-    use sluice::bus::{Bus, Topic};
-    use sluice::config::{BusConfig, BusKind, KafkaConfig};
-    let mut properties = std::collections::BTreeMap::new();
-    for (k, v) in fast_group_properties() {
-        properties.insert(k.to_string(), v.to_string());
+    read_topic(brokers, topic, within, |got| got.len() >= want).await.into_iter().take(want).map(|(_, e)| e).collect()
+}
+
+/// The last `n` lines of a log, for failure messages.
+pub fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// How many outcomes got each status (`conn_error` when none came back).
+pub fn status_counts<'a>(outcomes: impl IntoIterator<Item = &'a Outcome>) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for o in outcomes {
+        *m.entry(o.status.map_or("conn_error".to_string(), |s| s.to_string())).or_default() += 1;
     }
-    let cfg = BusConfig {
-        kind: BusKind::Kafka,
-        kafka: KafkaConfig {
-            brokers: brokers.into(),
-            topic: topic.into(),
-            dead_letter_topic: format!("{topic}.dlq"),
-            group_id: unique("reader"),
-            properties,
-            create_topics: false,
-            ..KafkaConfig::default()
-        },
-        ..BusConfig::default()
-    };
-    let bus = Bus::open(&cfg).await.expect("open kafka bus");
-    let mut sub = bus.subscribe(Topic::Events).await.expect("subscribe");
-    let deadline = tokio::time::Instant::now() + within;
-    let mut out = Vec::new();
-    while out.len() < want && tokio::time::Instant::now() < deadline {
-        for m in sub.poll(want - out.len(), Duration::from_millis(500)).await.expect("poll") {
-            out.push(sluice::event::Event::from_payload(&m.payload).expect("envelope decodes"));
-        }
-    }
-    out
+    m
 }
 
 /// The venv Python the test command installed the official SDKs into.

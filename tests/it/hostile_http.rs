@@ -217,17 +217,24 @@ async fn hostile_bodies_get_a_clear_4xx_and_the_process_stays_healthy_and_bounde
             let resp = tokio::task::spawn_blocking(move || common::raw_exchange(port, &raw, Duration::from_secs(10)))
                 .await
                 .expect("raw exchange");
-            common::raw_status(&resp).unwrap_or_else(|| panic!("{}: no answer; log tail:\n{}", c.name, tail(&s.logs())))
+            common::raw_status(&resp)
+                .unwrap_or_else(|| panic!("{}: no answer; log tail:\n{}", c.name, common::tail(&s.logs(), 15)))
         } else {
             match req.body(c.body).send().await {
                 Ok(r) => r.status().as_u16(),
-                Err(e) => panic!("{}: no answer ({e}); log tail:\n{}", c.name, tail(&s.logs())),
+                Err(e) => panic!("{}: no answer ({e}); log tail:\n{}", c.name, common::tail(&s.logs(), 15)),
             }
         };
         let took = started.elapsed();
         assert!((400..500).contains(&status), "{}: expected a 4xx, got {status}", c.name);
         let health = common::raw_http::blocking_get(&format!("{}/healthz", s.base));
-        assert_eq!(health.ok(), Some(200), "{}: the process stopped answering; log tail:\n{}", c.name, tail(&s.logs()));
+        assert_eq!(
+            health.ok(),
+            Some(200),
+            "{}: the process stopped answering; log tail:\n{}",
+            c.name,
+            common::tail(&s.logs(), 15)
+        );
         report.push(format!("{} ({size} B): {status} in {} ms", c.name, took.as_millis()));
     }
     let peak = sampler.peak_kib();
@@ -239,11 +246,6 @@ async fn hostile_bodies_get_a_clear_4xx_and_the_process_stays_healthy_and_bounde
     assert!(peak < baseline + 256 * 1024, "RSS grew from {baseline} KiB to {peak} KiB");
     let metrics = client.get(format!("{}/metrics", s.base)).send().await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("sluice_events_rejected_total"), "refusals are counted");
-}
-
-fn tail(logs: &str) -> String {
-    let lines: Vec<&str> = logs.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
 #[test]

@@ -147,7 +147,7 @@ async fn brevo_outage_429_storm_and_slow_answers_lose_nothing_and_stay_bounded()
         ));
         // Delivery resumes after each phase.
         let resumed = sim.wait_until(Duration::from_secs(60), |s| accepted(s).len() > delivered_before + BATCH).await;
-        assert!(resumed, "delivery did not resume after the {name}; log tail:\n{}", tail(&sluice.logs()));
+        assert!(resumed, "delivery did not resume after the {name}; log tail:\n{}", common::tail(&sluice.logs(), 20));
     }
     let sent = load.stop().await;
 
@@ -168,7 +168,11 @@ async fn brevo_outage_429_storm_and_slow_answers_lose_nothing_and_stay_bounded()
         .await;
     let got = accepted(&sim);
     let missing = acked.iter().filter(|id| !got.contains_key(**id)).count();
-    assert!(all_in, "{missing} acknowledged events never reached Brevo; log tail:\n{}", tail(&sluice.logs()));
+    assert!(
+        all_in,
+        "{missing} acknowledged events never reached Brevo; log tail:\n{}",
+        common::tail(&sluice.logs(), 20)
+    );
     let duplicates: usize = got.values().map(|n| n - 1).sum();
     assert_eq!(duplicates, 0, "no request was processed after a timeout here, so nothing may arrive twice");
 
@@ -182,9 +186,4 @@ async fn brevo_outage_429_storm_and_slow_answers_lose_nothing_and_stay_bounded()
         got.len(),
         phases.join("\n  ")
     );
-}
-
-fn tail(logs: &str) -> String {
-    let lines: Vec<&str> = logs.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
 }

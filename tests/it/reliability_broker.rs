@@ -10,24 +10,16 @@
 
 use crate::common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{Load, OwnBroker, RssSampler, Sluice};
+use common::{status_counts, Load, OwnBroker, RssSampler, Sluice};
 
 const TOKEN: &str = "phc_broker_outage";
 const USER: &str = "user-outage";
 const PUBLISH_TIMEOUT_MS: u64 = 3000;
 /// How long the broker stays frozen.
 const STALL: Duration = Duration::from_secs(12);
-
-fn status_counts(outcomes: &[&common::Outcome]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for o in outcomes {
-        *m.entry(o.status.map_or("conn_error".to_string(), |s| s.to_string())).or_default() += 1;
-    }
-    m
-}
 
 async fn readyz(base: &str) -> Option<u16> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().ok()?;
@@ -91,6 +83,15 @@ async fn broker_stopped_mid_load_gets_503_then_recovers_without_restart() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(ready_after, Some(200), "/readyz did not recover");
+    // Recovery went through the producer replacement (Tansu fences the old
+    // producer after the outage), and the operator can see it.
+    let metrics = reqwest::get(format!("{}/metrics", ingress.base)).await.expect("metrics").text().await.expect("text");
+    let replaced: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_kafka_producer_replaced_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(replaced >= 1.0, "no producer replacement counted:\n{metrics}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let outcomes = load.stop().await;
 
@@ -133,13 +134,12 @@ async fn broker_stopped_mid_load_gets_503_then_recovers_without_restart() {
     let refused_ids: HashSet<&str> = outcomes.iter().filter(|o| o.status == Some(503)).map(|o| o.id.as_str()).collect();
     let refused_on_topic = refused_ids.iter().filter(|id| ids.contains(*id)).count();
 
-    let all: Vec<&common::Outcome> = outcomes.iter().collect();
     eprintln!(
         "FIGURES broker stall: sent={} acked={} statuses={:?} during_stall={:?} stall={:?} recovered_after={:?} on_topic={} acked_missing={missing} refused_but_on_topic={refused_on_topic} peak_rss_kib={peak_kib} rss_at_end_of_stall_kib={rss_stalled_kib}",
         outcomes.len(),
         acked.len(),
-        status_counts(&all),
-        status_counts(&during),
+        status_counts(&outcomes),
+        status_counts(during.iter().copied()),
         STALL,
         recovered_after,
         on_topic.len(),

@@ -12,10 +12,10 @@
 
 use crate::common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{Load, Sluice};
+use common::{status_counts, tail, Load, Sluice};
 use sluice::bus::{Position, Topic};
 
 const TOKEN: &str = "phc_reliability";
@@ -60,19 +60,6 @@ async fn wait_for_progress(load: &Load, logs: impl Fn() -> String, acked: usize,
         outcomes.len(),
         tail(&logs(), 20)
     );
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn status_counts(outcomes: &[common::Outcome]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for o in outcomes {
-        *m.entry(o.status.map_or("conn_error".to_string(), |s| s.to_string())).or_default() += 1;
-    }
-    m
 }
 
 /// What a crash run proved, checked the same way for both buses.

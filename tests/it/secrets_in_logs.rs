@@ -11,9 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use serde_json::json;
-use sha2::Sha256;
+use sluice::config::WebhookScheme;
+use sluice::ingress::webhook::signature::SigningKey;
 use sluice::sim::{self, SimConfig};
 
 const POSTHOG_TOKEN: &str = "phc_SECRETtoken7Q2w9";
@@ -23,7 +23,7 @@ const STANDARD_KEY: &[u8] = b"SECRETstandardkey-29fj2";
 const BREVO_KEY: &str = "xkeysib-SECRETbrevo-77aa";
 
 fn config(brevo_url: &str) -> String {
-    let standard = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(STANDARD_KEY));
+    let standard = standard_secret(STANDARD_KEY);
     format!(
         r#"server:
   listen: "127.0.0.1:{{port}}"
@@ -54,16 +54,8 @@ log:
     )
 }
 
-fn hmac_hex(key: &[u8], msg: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
-    mac.update(msg.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
-
-fn hmac_b64(key: &[u8], msg: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
-    mac.update(msg.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+fn standard_secret(key: &[u8]) -> String {
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key))
 }
 
 /// Every configured secret, and the forms it could leak in.
@@ -111,7 +103,7 @@ async fn a_full_debug_run_never_logs_a_secret_or_token() {
         "data": {"object": {"object": "invoice", "customer_email": "ada@example.com", "total": 1200}}})
     .to_string();
     for key in [STRIPE_SECRET, "whsec_wrong"] {
-        let sig = format!("t={t},v1={}", hmac_hex(key.as_bytes(), &format!("{t}.{event}")));
+        let sig = SigningKey::new(WebhookScheme::Stripe, key).expect("key").stripe_header(t, event.as_bytes());
         let r = http
             .post(format!("{base}/webhooks/stripe"))
             .header("content-type", "application/json")
@@ -126,7 +118,8 @@ async fn a_full_debug_run_never_logs_a_secret_or_token() {
     let msg_id = "msg_secret_1";
     let body = json!({"type": "user.created", "data": {"email": "ada@example.com"}}).to_string();
     for key in [STANDARD_KEY, b"wrong-key".as_slice()] {
-        let sig = format!("v1,{}", hmac_b64(key, &format!("{msg_id}.{t}.{body}")));
+        let signer = SigningKey::new(WebhookScheme::Standard, &standard_secret(key)).expect("key");
+        let sig = signer.standard_signature(msg_id, t, body.as_bytes());
         let r = http
             .post(format!("{base}/webhooks/svix"))
             .header("content-type", "application/json")

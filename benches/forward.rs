@@ -230,7 +230,13 @@ fn saturation(target: Target) -> anyhow::Result<Saturation> {
             }
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(seconds * 3 + 30);
-        while arrivals(target).len() < target_requests && std::time::Instant::now() < deadline {
+        // Polling must stay cheap: copying and parsing every recorded body
+        // here would steal the CPU the forwarder and the simulator share.
+        let seen = |target: Target| match target {
+            Target::Simulator => sim.request_count(EndpointClass::Events),
+            Target::Instant => instantly.arrivals.lock().unwrap_or_else(|p| p.into_inner()).len(),
+        };
+        while seen(target) < target_requests && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = stop.send(true);

@@ -608,6 +608,12 @@ impl SimHandle {
         self.shared.recorded()
     }
 
+    /// How many requests of `class` were answered so far: a cheap poll for
+    /// waiting loops (it copies nothing).
+    pub fn request_count(&self, class: EndpointClass) -> usize {
+        self.shared.state().requests.iter().filter(|r| r.class == class).count()
+    }
+
     /// Every event accepted (202/207/204), in acceptance order.
     pub fn accepted_events(&self) -> Vec<AcceptedEvent> {
         self.shared.state().accepted.clone()

@@ -57,21 +57,28 @@ impl Sluice {
 
     /// Like [`Sluice::start`] but reusing a data directory (restart tests).
     pub fn start_in(role: &str, yaml: &str, dir: tempfile::TempDir) -> Sluice {
+        Sluice::spawn(Path::new(env!("CARGO_BIN_EXE_sluice")), role, yaml, dir, &[])
+    }
+
+    /// Start `bin <role> --config <yaml>` (`{port}` and `{dir}` replaced)
+    /// with `RUST_LOG=info` and `env` on top, and wait until it is healthy.
+    pub fn spawn(bin: &Path, role: &str, yaml: &str, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Sluice {
         let port = free_port();
         let cfg = yaml.replace("{port}", &port.to_string()).replace("{dir}", &dir.path().display().to_string());
         let cfg_path = dir.path().join(format!("sluice-{port}.yaml"));
         std::fs::write(&cfg_path, cfg).expect("write config");
         let log = dir.path().join(format!("sluice-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let child = Command::new(bin)
             .arg(role)
             .arg("--config")
             .arg(&cfg_path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
-            .expect("spawn sluice");
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let s = Sluice { child, base: format!("http://127.0.0.1:{port}"), port, log, dir };
         s.wait_healthy(Duration::from_secs(30));
         s
@@ -239,25 +246,7 @@ pub fn run_python(python: &str, script: &str, args: &[&str], env: &[(&str, &str)
 /// Like [`Sluice::start_in`], with extra environment for the child (e.g.
 /// `RUST_LOG=debug`; the default is `RUST_LOG=info`).
 pub fn start_sluice_env(role: &str, yaml: &str, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Sluice {
-    let port = free_port();
-    let cfg = yaml.replace("{port}", &port.to_string()).replace("{dir}", &dir.path().display().to_string());
-    let cfg_path = dir.path().join(format!("sluice-{port}.yaml"));
-    std::fs::write(&cfg_path, cfg).expect("write config");
-    let log = dir.path().join(format!("sluice-{port}.log"));
-    let log_file = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg(role)
-        .arg("--config")
-        .arg(&cfg_path)
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .spawn()
-        .expect("spawn sluice");
-    let s = Sluice { child, base: format!("http://127.0.0.1:{port}"), port, log, dir };
-    s.wait_healthy(Duration::from_secs(30));
-    s
+    Sluice::spawn(Path::new(env!("CARGO_BIN_EXE_sluice")), role, yaml, dir, env)
 }
 
 /// `kill -9` the process and reap it; returns its data directory so the

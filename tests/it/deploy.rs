@@ -1215,12 +1215,16 @@ fn dockerignore_keeps_what_cargo_needs() {
     }
 }
 
-/// The binary the tests build links only what the runtime image provides:
+/// The binary links only what the runtime image provides:
 /// distroless/cc's glibc and libgcc, plus zlib, which the Dockerfile copies.
 #[test]
 fn the_binary_needs_only_libraries_the_runtime_image_has() {
+    assert_runtime_image_has_the_libraries_of(Path::new(env!("CARGO_BIN_EXE_sluice")));
+}
+
+fn assert_runtime_image_has_the_libraries_of(bin: &Path) {
     let Some(ldd) = tool("ldd") else { return };
-    let out = run(Command::new(ldd).arg(env!("CARGO_BIN_EXE_sluice")));
+    let out = run(Command::new(ldd).arg(bin));
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
     let distroless_cc = [
         "linux-vdso.so.1",
@@ -1258,20 +1262,86 @@ fn cargo_lock_is_current_for_the_locked_release_build() {
         .stdout(std::process::Stdio::null()));
 }
 
-/// The image's exact build, run by hand (slow; not part of the default run):
-///   cargo test --test it deploy::release_build -- --ignored
-#[test]
-#[ignore = "a full release build; run on demand"]
-fn release_build_is_the_dockerfiles() {
-    let ins = dockerfile();
-    let build =
-        ins.iter().find(|(i, a)| i == "RUN" && a.contains(RELEASE_BUILD)).map(|(_, a)| a.clone()).expect("build");
-    assert!(build.contains(RELEASE_BUILD));
+/// Where Cargo puts build output (`CARGO_TARGET_DIR` when set).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+/// The image's exact build, then that binary doing the whole job:
+/// `sluice serve` on the embedded bus takes a PostHog batch, delivers it to
+/// the Brevo simulator, counts it in `/metrics`, and exits 0 on SIGTERM.
+/// `scripts/test` runs the same build before the suite (so nothing else
+/// competes with it for the CPU); here it is then a no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dockerfiles_release_binary_relays_posthog_events_to_brevo() {
+    let in_dockerfile = dockerfile().iter().any(|(i, a)| i == "RUN" && a.contains(RELEASE_BUILD));
+    assert!(in_dockerfile, "the Dockerfile no longer runs `{RELEASE_BUILD}`");
+    let script = std::fs::read_to_string(root().join("scripts/test")).expect("scripts/test");
+    assert!(script.contains(RELEASE_BUILD), "scripts/test must build the image's binary first: `{RELEASE_BUILD}`");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let args: Vec<&str> = RELEASE_BUILD.split_whitespace().skip(1).collect();
-    run(Command::new(&cargo).current_dir(root()).args(&args));
-    let out = run(Command::new(root().join("target/release/sluice")).arg("--version"));
-    assert!(out.starts_with("sluice "), "{out}");
+    // Without the variables `cargo test` sets for this process: ring's build
+    // script reruns when CARGO_MANIFEST_DIR changes, which would rebuild the
+    // binary scripts/test just built.
+    let mut build = Command::new(&cargo);
+    build.current_dir(root()).args(&args);
+    let set_by_cargo_test =
+        ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"];
+    for (name, _) in std::env::vars_os() {
+        if set_by_cargo_test.iter().any(|p| name.to_string_lossy().starts_with(p)) {
+            build.env_remove(name);
+        }
+    }
+    run(&mut build);
+    let bin = target_dir().join("release/sluice");
+    let version = run(Command::new(&bin).arg("--version"));
+    assert_eq!(version.trim(), format!("sluice {}", env!("CARGO_PKG_VERSION")));
+    assert_runtime_image_has_the_libraries_of(&bin);
+
+    const KEY: &str = "xkeysib-release-smoke";
+    let sim = sluice::sim::start(sluice::sim::SimConfig::new(KEY)).await.expect("simulator");
+    let yaml = format!(
+        "server:\n  listen: \"127.0.0.1:{{port}}\"\nbus:\n  kind: embedded\n  path: \"{{dir}}/data\"\n\
+         connectors:\n  posthog:\n    project_tokens: [phc_release]\n\
+         brevo:\n  api_key: {KEY}\n  base_url: {}\n  linger_ms: 50\n",
+        sim.base_url()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sluice = common::Sluice::spawn(&bin, "serve", &yaml, dir, &[]);
+    let batch: Vec<serde_json::Value> = (0..3)
+        .map(|i| {
+            serde_json::json!({"event": "plan upgraded", "distinct_id": format!("user-{i}"),
+                "properties": {"$set": {"email": format!("user-{i}@example.com")}, "plan": "pro"}})
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/batch/", sluice.base))
+        .json(&serde_json::json!({"api_key": "phc_release", "batch": batch}))
+        .send()
+        .await
+        .expect("post batch");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.json::<serde_json::Value>().await.expect("json"), serde_json::json!({"status": 1}));
+
+    let delivered = sim.wait_until(std::time::Duration::from_secs(30), |s| s.accepted_events().len() >= 3).await;
+    assert!(delivered, "the simulator saw {:?}; log:\n{}", sim.accepted_events(), sluice.logs());
+    let mut ext_ids: Vec<String> = sim
+        .accepted_events()
+        .iter()
+        .map(|a| {
+            assert_eq!(a.event["event_name"], "plan_upgraded", "{}", a.event);
+            a.event["identifiers"]["ext_id"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    ext_ids.sort();
+    assert_eq!(ext_ids, ["user-0", "user-1", "user-2"]);
+    let metrics = http.get(format!("{}/metrics", sluice.base)).send().await.expect("metrics");
+    let metrics = metrics.text().await.expect("metrics text");
+    assert!(metrics.contains("sluice_events_received_total{source=\"posthog\"} 3"), "{metrics}");
+
+    let status = sluice.terminate(std::time::Duration::from_secs(30));
+    assert!(status.success(), "exit {status}; log:\n{}", sluice.logs());
 }
 
 fn version_ge(a: &str, b: &str) -> bool {

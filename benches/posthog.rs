@@ -62,16 +62,16 @@ fn v0(c: &mut Criterion) {
     let batch = json!({"api_key": TOKEN, "batch": (0..EVENTS).map(event).collect::<Vec<_>>(), "sent_at": "2026-03-01T12:00:00Z"});
     let json = batch.to_string().into_bytes();
     let policy = PosthogState::from_tokens([TOKEN.to_string()]);
-    let mut group = c.benchmark_group("posthog_v0_decode_10_events");
+    let mut group = c.benchmark_group("posthog_v0_decode_to_records_10_events");
     group.throughput(Throughput::Elements(EVENTS as u64));
     for w in Wire::ALL {
         let enc = encode(&json, w);
         let headers = enc.header_map();
         let query = (!enc.query.is_empty()).then_some(enc.query.as_str());
         let facts = RequestFacts { path: "/batch/", query, headers: &headers, peer: Some([203, 0, 113, 7].into()) };
-        assert_eq!(posthog::decode(&policy, &facts, &enc.body, now()).expect("decodes").len(), EVENTS);
+        assert_eq!(posthog::decode_records(&policy, &facts, &enc.body, now()).expect("decodes").len(), EVENTS);
         group.bench_with_input(BenchmarkId::from_parameter(format!("{w:?}")), &enc.body, |b, body| {
-            b.iter(|| posthog::decode(&policy, &facts, body, now()))
+            b.iter(|| posthog::decode_records(&policy, &facts, body, now()))
         });
     }
     group.finish();

@@ -5,8 +5,11 @@
 //! and the forwarder maps it to Brevo calls. Nothing downstream of the ingress
 //! looks at a vendor's raw payload again.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Version of the envelope layout. Bumped on any incompatible change so a
@@ -137,9 +140,15 @@ pub struct Context {
 }
 
 /// One normalized event. See `docs/event.md` for the field-by-field contract.
+///
+/// `P` is how `properties` are held: parsed JSON everywhere by default; the
+/// PostHog ingress builds `Event<RawProps>`, whose values stay the client's
+/// JSON text (borrowed from the request), so they are neither parsed into a
+/// tree nor re-encoded on the way to the bus. Both serialize to the same
+/// envelope JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Event {
+#[serde(deny_unknown_fields, bound(deserialize = "P: Deserialize<'de> + Default"))]
+pub struct Event<P = Map<String, Value>> {
     /// Envelope layout version, [`SCHEMA_VERSION`].
     pub schema: String,
     /// Stable id: the client's uuid / insert_id / webhook event id, else a
@@ -160,7 +169,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     #[serde(default)]
-    pub properties: Map<String, Value>,
+    pub properties: P,
     #[serde(default)]
     pub user_properties: UserProperties,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,6 +204,34 @@ impl Event {
         }
     }
 
+    /// Parse a bus payload back into an event.
+    pub fn from_payload(payload: &[u8]) -> Result<Event, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+}
+
+impl<P: Serialize> Event<P> {
+    /// The same event with its properties held as `properties`.
+    pub fn with_properties<Q>(self, properties: Q) -> Event<Q> {
+        Event {
+            schema: self.schema,
+            id: self.id,
+            source: self.source,
+            source_name: self.source_name,
+            project: self.project,
+            kind: self.kind,
+            name: self.name,
+            distinct_id: self.distinct_id,
+            email: self.email,
+            properties,
+            user_properties: self.user_properties,
+            revenue: self.revenue,
+            timestamp: self.timestamp,
+            received_at: self.received_at,
+            context: self.context,
+        }
+    }
+
     /// Kafka key: source + project + user, so one user's events stay in one
     /// partition and therefore in order.
     pub fn partition_key(&self) -> String {
@@ -210,16 +247,230 @@ impl Event {
 
     /// The bus record for this event: partition key and JSON payload.
     pub fn to_record(&self) -> crate::bus::Record {
-        crate::bus::Record {
-            key: self.partition_key().into_bytes(),
-            // Serializing a value built from owned JSON types cannot fail.
-            payload: serde_json::to_vec(self).unwrap_or_default(),
+        self.to_record_sized(512)
+    }
+
+    /// [`Event::to_record`] with room for `bytes` of payload reserved up
+    /// front (no regrowth when the caller knows about how big it will be).
+    pub fn to_record_sized(&self, bytes: usize) -> crate::bus::Record {
+        let mut payload = Vec::with_capacity(bytes);
+        // Serializing owned JSON types or validated raw JSON cannot fail.
+        let _ = serde_json::to_writer(&mut payload, self);
+        crate::bus::Record { key: self.partition_key().into_bytes(), payload }
+    }
+}
+
+/// Event properties as the client wrote them: keys in the client's order,
+/// each value the JSON text of the request, borrowed. Serializes as a JSON
+/// object, values copied verbatim. A key the client repeated keeps its last
+/// value, as a parsed object would.
+#[derive(Debug, Default, Clone)]
+pub struct RawProps<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> RawProps<'a> {
+    /// Parse one JSON object, borrowing every value (and every key without
+    /// escapes) from `text`.
+    pub fn parse(text: &'a str) -> Result<RawProps<'a>, serde_json::Error> {
+        let mut props: RawProps<'a> = serde_json::from_str(text)?;
+        props.keep_last_of_each_key();
+        Ok(props)
+    }
+
+    fn keep_last_of_each_key(&mut self) {
+        let entries = &self.0;
+        let repeated = |i: usize| entries[i + 1..].iter().any(|(k, _)| *k == entries[i].0);
+        if (0..entries.len()).any(repeated) {
+            let keep: Vec<bool> = (0..entries.len()).map(|i| !repeated(i)).collect();
+            let mut flags = keep.into_iter();
+            self.0.retain(|_| flags.next().unwrap_or(true));
         }
     }
 
-    /// Parse a bus payload back into an event.
-    pub fn from_payload(payload: &[u8]) -> Result<Event, serde_json::Error> {
-        serde_json::from_slice(payload)
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The raw JSON of `key`'s value.
+    pub fn raw(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// `key`'s value, parsed (`None` when absent; an unparsable value, which
+    /// [`RawProps::parse`] never yields, reads as absent).
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.raw(key).and_then(|v| serde_json::from_str(v.get()).ok())
+    }
+
+    /// Remove `key`, returning its raw JSON.
+    pub fn remove_raw(&mut self, key: &str) -> Option<&'a RawValue> {
+        let i = self.0.iter().position(|(k, _)| k == key)?;
+        Some(self.0.remove(i).1)
+    }
+
+    /// Remove `key`, returning its parsed value.
+    pub fn remove(&mut self, key: &str) -> Option<Value> {
+        self.remove_raw(key).and_then(|v| serde_json::from_str(v.get()).ok())
+    }
+
+    /// The parsed object (tests and tools; the ingress never needs it).
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.0.iter().filter_map(|(k, v)| Some((k.to_string(), serde_json::from_str(v.get()).ok()?))).collect()
+    }
+}
+
+impl Serialize for RawProps<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawProps<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawProps<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<RawProps<'de>, M::Error> {
+                Ok(RawProps(raw_entries(map, None)?.0))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+/// The value of the key [`RawProps::parse_split`] reads as an object of its own.
+#[derive(Debug)]
+pub enum Nested<'a> {
+    Absent,
+    Null,
+    Object(RawProps<'a>),
+    /// Present but neither an object nor null.
+    Other,
+}
+
+impl<'a> RawProps<'a> {
+    /// Like [`RawProps::parse`], reading `nested`'s value (an object, say an
+    /// event's `properties`) as raw entries of its own in the same pass,
+    /// instead of as one raw value to parse again.
+    pub fn parse_split(text: &'a str, nested: &str) -> Result<(RawProps<'a>, Nested<'a>), serde_json::Error> {
+        struct Visit<'k>(&'k str);
+        impl<'de> serde::de::Visitor<'de> for Visit<'_> {
+            type Value = (RawProps<'de>, Nested<'de>);
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
+                let (entries, nested) = raw_entries(map, Some(self.0))?;
+                let mut props = RawProps(entries);
+                props.keep_last_of_each_key();
+                let nested = match nested {
+                    Nested::Object(mut inner) => {
+                        inner.keep_last_of_each_key();
+                        Nested::Object(inner)
+                    }
+                    other => other,
+                };
+                Ok((props, nested))
+            }
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        let out = serde::Deserializer::deserialize_map(&mut de, Visit(nested))?;
+        de.end()?;
+        Ok(out)
+    }
+}
+
+type Entries<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+
+/// Collect an object's entries as raw values; the entry named `nested` (the
+/// last one, if repeated) is read as [`Nested`] instead.
+fn raw_entries<'de, M: serde::de::MapAccess<'de>>(
+    mut map: M,
+    nested: Option<&str>,
+) -> Result<(Entries<'de>, Nested<'de>), M::Error> {
+    let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(16));
+    let mut inner = Nested::Absent;
+    while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+        if nested == Some(&*k) {
+            inner = map.next_value::<NestedValue<'de>>()?.0;
+        } else {
+            entries.push((k, map.next_value::<&'de RawValue>()?));
+        }
+    }
+    Ok((entries, inner))
+}
+
+struct NestedValue<'a>(Nested<'a>);
+
+impl<'de> Deserialize<'de> for NestedValue<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::IgnoredAny;
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = NestedValue<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
+                Ok(NestedValue(Nested::Object(RawProps(raw_entries(map, None)?.0))))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(NestedValue(Nested::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(NestedValue(Nested::Other))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(NestedValue(Nested::Other))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(NestedValue(Nested::Other))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(NestedValue(Nested::Other))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(NestedValue(Nested::Other))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(NestedValue(Nested::Other))
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
+}
+
+/// An object key, borrowed unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        deserializer.deserialize_str(Visit)
     }
 }
 
@@ -288,6 +539,26 @@ mod tests {
     fn ids_are_uuid_v7() {
         let id = uuid::Uuid::parse_str(&new_id()).unwrap();
         assert_eq!(id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn raw_properties_serialize_like_parsed_ones() {
+        let text = r#"{"b": [1, {"x": "\u00e9"}], "a\"q": 2.50, "b": "last", "n": null}"#;
+        let raw = RawProps::parse(text).unwrap();
+        assert_eq!(raw.len(), 3, "the repeated key keeps one entry");
+        assert_eq!(raw.get("b"), Some(Value::from("last")));
+        let parsed: Map<String, Value> = serde_json::from_str(text).unwrap();
+        assert_eq!(raw.to_map(), parsed);
+        let mut e = sample();
+        e.properties = parsed;
+        let raw_event = e.clone().with_properties(raw);
+        let back = Event::from_payload(&raw_event.to_record().payload).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(raw_event.partition_key(), e.partition_key());
+        let mut raw = RawProps::parse(text).unwrap();
+        assert_eq!(raw.remove("a\"q"), Some(serde_json::json!(2.5)));
+        assert!(raw.raw("a\"q").is_none());
+        assert!(RawProps::parse("[1]").is_err());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
@@ -197,11 +197,12 @@ impl KafkaPublisher {
         }
     }
 
-    async fn publish_with(
+    /// Hand every record to librdkafka, which copies it into its own queue.
+    fn enqueue(
         producer: &FutureProducer<StatsContext>,
         name: &str,
         records: &[Record],
-    ) -> Result<(), KafkaError> {
+    ) -> Result<Vec<DeliveryFuture>, KafkaError> {
         let mut inflight = Vec::with_capacity(records.len());
         for r in records {
             let rec = FutureRecord::to(name).key(&r.key).payload(&r.payload);
@@ -210,6 +211,10 @@ impl KafkaPublisher {
                 Err((e, _)) => return Err(e),
             }
         }
+        Ok(inflight)
+    }
+
+    async fn delivered(inflight: Vec<DeliveryFuture>) -> Result<(), KafkaError> {
         for fut in inflight {
             match fut.await {
                 Ok(Ok(_)) => {}
@@ -226,7 +231,14 @@ impl Publisher for KafkaPublisher {
     async fn publish(&self, topic: Topic, records: Vec<Record>) -> Result<(), BusError> {
         let name = topic_name(&self.cfg, topic);
         let (generation, producer) = self.current();
-        let result = Self::publish_with(&producer, name, &records).await;
+        let enqueued = Self::enqueue(&producer, name, &records);
+        // librdkafka holds its own copies now: a publish waiting for its
+        // delivery reports does not keep a second one.
+        drop(records);
+        let result = match enqueued {
+            Ok(inflight) => Self::delivered(inflight).await,
+            Err(e) => Err(e),
+        };
         result.map_err(|e| {
             self.replace_if_fatal(generation, &producer, &e);
             map_err(&e)

@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::Instrument;
 
-use crate::bus::{Publisher, Topic};
+use crate::bus::{Publisher, Record, Topic};
 use crate::config::Config;
 use crate::event::Event;
 use crate::metrics as m;
@@ -147,12 +147,17 @@ impl RawRequest {
 /// waiting for its delivery report holds only the records (about a quarter of
 /// the decoded events' memory), which bounds RSS under load.
 pub async fn publish(state: &AppState, source: &'static str, events: Vec<Event>) -> Result<(), IngressError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let n = events.len();
     let records = events.iter().map(Event::to_record).collect();
     drop(events);
+    publish_records(state, source, records).await
+}
+
+/// [`publish`] for envelopes already serialized (one record per event).
+pub async fn publish_records(state: &AppState, source: &'static str, records: Vec<Record>) -> Result<(), IngressError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let n = records.len();
     let started = Instant::now();
     let result = state.publisher.publish(Topic::Events, records).await;
     m::publish("events", started.elapsed(), result.is_ok());

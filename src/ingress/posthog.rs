@@ -34,9 +34,10 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
-use super::{publish, refuse, AppState, Dialect, IngressError, RawRequest};
+use super::{publish_records, refuse, AppState, Dialect, IngressError, RawRequest};
+use crate::bus::Record;
 use crate::config::Config;
-use crate::event::{new_id, Event, Library};
+use crate::event::{new_id, Event, Library, Nested, RawProps};
 pub use normalize::{kind_of, parse_time, DISTINCT_ID_MAX_CHARS};
 
 /// Body limit on `/batch` and the v1 route (PostHog: 20 MiB).
@@ -197,14 +198,14 @@ async fn capture(State(state): State<AppState>, req: Request) -> Response {
 /// Decode, validate, publish, answer: the v0 capture request cycle.
 pub async fn handle(state: &AppState, raw: RawRequest) -> Response {
     let facts = RequestFacts::of(&raw);
-    let events = match decode(&state.posthog, &facts, &raw.body, state.clock.now()) {
-        Ok(e) => e,
+    let records = match decode_records(&state.posthog, &facts, &raw.body, state.clock.now()) {
+        Ok(r) => r,
         Err(e) => return refuse(SOURCE, Dialect::Posthog, e, 1),
     };
-    crate::metrics::request_size(SOURCE, raw.body.len(), events.len());
-    let (n, beacon) = (events.len(), facts.beacon());
+    crate::metrics::request_size(SOURCE, raw.body.len(), records.len());
+    let (n, beacon) = (records.len(), facts.beacon());
     drop(raw);
-    match publish(state, SOURCE, events).await {
+    match publish_records(state, SOURCE, records).await {
         Ok(()) => ok(beacon),
         Err(e) => refuse(SOURCE, Dialect::Posthog, e, n),
     }
@@ -253,6 +254,11 @@ struct BatchMeta {
 
 fn parse_body(text: &str) -> Result<ParsedBody<'_>, IngressError> {
     let invalid = |e: serde_json::Error| malformed("invalid_payload", format!("invalid JSON: {e}"));
+    // Events are then read through borrowed slices of this text: refuse
+    // what parsing them into values would have refused.
+    if needs_strict_check(text.as_bytes()) {
+        serde_json::from_str::<Checked>(text).map_err(invalid)?;
+    }
     match text.trim_start().as_bytes().first() {
         Some(b'[') => Ok(ParsedBody { items: serde_json::from_str(text).map_err(invalid)?, envelope: None }),
         Some(b'{') => {
@@ -279,24 +285,41 @@ fn parse_body(text: &str) -> Result<ParsedBody<'_>, IngressError> {
 }
 
 /// One event after the request-level checks: its name decided, its JSON
-/// object split from `properties`.
-struct Wire {
+/// object split from `properties`, which stay the request's raw JSON.
+struct Wire<'a> {
+    /// Bytes of the event's JSON in the request (the envelope is about as big).
+    size: usize,
     name: String,
     top: Map<String, Value>,
-    props: Map<String, Value>,
+    props: RawProps<'a>,
 }
 
-/// Decode a v0 capture request into envelopes: payload location and
-/// encoding, body shape, token, per-event validation, normalization.
-/// Pure apart from metrics; `now` is the receive time. Returns an empty
-/// list when every event was one PostHog silently drops
-/// (`$performance_event`).
+/// Decode a v0 capture request into envelopes, parsed back from the bus
+/// records [`decode_records`] makes (what a consumer of the bus will read).
 pub fn decode(
     policy: &PosthogState,
     facts: &RequestFacts<'_>,
     body: &[u8],
     now: DateTime<Utc>,
 ) -> Result<Vec<Event>, IngressError> {
+    decode_records(policy, facts, body, now)?
+        .iter()
+        .map(|r| Event::from_payload(&r.payload).map_err(|e| IngressError::Internal(format!("envelope: {e}"))))
+        .collect()
+}
+
+/// Decode a v0 capture request into bus records: payload location and
+/// encoding, body shape, token, per-event validation, normalization,
+/// serialization. Event properties go from the request's JSON text to the
+/// record's without being parsed into values. Pure apart from metrics;
+/// `now` is the receive time. Returns no records when every event was one
+/// PostHog silently drops (`$performance_event`).
+pub fn decode_records(
+    policy: &PosthogState,
+    facts: &RequestFacts<'_>,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Vec<Record>, IngressError> {
     let payload = decode::payload(facts, body)?;
     let text = std::str::from_utf8(&payload).map_err(|_| malformed("invalid_utf8", "payload is not UTF-8"))?;
     let parsed = parse_body(text)?;
@@ -333,13 +356,19 @@ pub fn decode(
         library: facts.query_param("ver").map(|v| Library { name: String::new(), version: Some(v) }),
         historical_migration: parsed.envelope.as_ref().is_some_and(|m| m.historical_migration),
     };
-    wires.into_iter().map(|w| to_event(&shared, w)).collect()
+    wires
+        .into_iter()
+        .map(|w| {
+            let size = w.size + 512;
+            to_event(&shared, w).map(|e| e.to_record_sized(size))
+        })
+        .collect()
 }
 
-fn split_event(raw: &RawValue, engage: bool) -> Result<Wire, IngressError> {
-    let mut top: Map<String, Value> = serde_json::from_str(raw.get())
-        .map_err(|e| malformed("invalid_payload", format!("an event is not a JSON object: {e}")))?;
-    let name = match top.remove("event") {
+fn split_event(raw: &RawValue, engage: bool) -> Result<Wire<'_>, IngressError> {
+    let not_object = |e: serde_json::Error| malformed("invalid_payload", format!("an event is not a JSON object: {e}"));
+    let (mut fields, props) = RawProps::parse_split(raw.get(), "properties").map_err(not_object)?;
+    let name = match fields.remove("event") {
         Some(Value::String(n)) => n,
         None | Some(Value::Null) if engage => "$identify".to_string(),
         None | Some(Value::Null) => return Err(malformed("missing_event_name", "an event has no name")),
@@ -348,37 +377,37 @@ fn split_event(raw: &RawValue, engage: bool) -> Result<Wire, IngressError> {
     if name.is_empty() {
         return Err(malformed("missing_event_name", "an event name is empty"));
     }
-    let props = match top.remove("properties") {
-        Some(Value::Object(p)) => p,
-        None | Some(Value::Null) => Map::new(),
-        Some(_) => return Err(malformed("invalid_payload", "event properties are not an object")),
+    let props = match props {
+        Nested::Object(p) => p,
+        Nested::Absent | Nested::Null => RawProps::default(),
+        Nested::Other => return Err(malformed("invalid_payload", "event properties are not an object")),
     };
-    Ok(Wire { name, top, props })
+    Ok(Wire { size: raw.get().len(), name, top: fields.to_map(), props })
 }
 
 /// Without an envelope, each event names its token (`token`, `$token`,
 /// `api_key`, else `properties.token`); they must agree.
 fn request_token(wires: &[Wire]) -> Result<String, IngressError> {
-    let mut token: Option<&str> = None;
+    let mut token: Option<String> = None;
     for w in wires {
         let found = ["token", "$token", "api_key"]
             .iter()
-            .find_map(|k| w.top.get(*k).filter(|v| !v.is_null()))
+            .find_map(|k| w.top.get(*k).filter(|v| !v.is_null()).cloned())
             .or_else(|| w.props.get("token").filter(|v| !v.is_null()));
         let t = match found {
             None => continue,
-            Some(Value::String(t)) => t.as_str(),
+            Some(Value::String(t)) => t,
             Some(_) => return Err(unauthorized("invalid_token", "an event token is not a string")),
         };
-        match token {
+        match &token {
             None => token = Some(t),
-            Some(seen) if seen != t => {
+            Some(seen) if *seen != t => {
                 return Err(unauthorized("token_mismatch", "events in one request carry different tokens"))
             }
             Some(_) => {}
         }
     }
-    token.map(str::to_string).ok_or_else(|| unauthorized("missing_token", "no project token in the request"))
+    token.ok_or_else(|| unauthorized("missing_token", "no project token in the request"))
 }
 
 /// posthog-js sends its send time as `_=<ms>`. Values that read as before
@@ -388,7 +417,7 @@ fn query_sent_at(facts: &RequestFacts<'_>) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms).filter(|t| t.timestamp() >= 1_609_459_200)
 }
 
-fn to_event(shared: &normalize::Shared<'_>, w: Wire) -> Result<Event, IngressError> {
+fn to_event<'a>(shared: &normalize::Shared<'_>, w: Wire<'a>) -> Result<Event<RawProps<'a>>, IngressError> {
     let distinct_id = normalize::find_distinct_id(&w.top, &w.props)
         .ok_or_else(|| malformed("missing_distinct_id", format!("event {:?} has no distinct_id", w.name)))?;
     let id = match w.top.get("uuid") {
@@ -400,6 +429,104 @@ fn to_event(shared: &normalize::Shared<'_>, w: Wire) -> Result<Event, IngressErr
         Some(_) => return Err(malformed("invalid_uuid", "an event uuid is not a string")),
     };
     Ok(normalize::envelope(shared, &w.name, distinct_id, id, w.top, w.props))
+}
+
+/// Whether `text` may hold something a borrowed read (`RawValue`) lets
+/// through but parsing into values refuses: a `\uD800`–`\uDFFF` escape (a
+/// lone surrogate?), a number with an exponent or hundreds of digits (out of
+/// range?), or nesting near serde_json's recursion limit. One cheap pass
+/// that may say yes too often, never too rarely; [`Checked`] then decides.
+fn needs_strict_check(text: &[u8]) -> bool {
+    let (mut depth, mut digits, mut in_string) = (0usize, 0usize, false);
+    let mut i = 0;
+    while i < text.len() {
+        let b = text[i];
+        if in_string {
+            // Skip to the string's next quote or escape.
+            match memchr::memchr2(b'"', b'\\', &text[i..]) {
+                Some(n) => i += n,
+                None => return false,
+            }
+            match text[i] {
+                b'\\' => {
+                    let surrogate = text.get(i + 1) == Some(&b'u')
+                        && matches!(text.get(i + 2), Some(b'd' | b'D'))
+                        && matches!(text.get(i + 3), Some(b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'));
+                    if surrogate {
+                        return true;
+                    }
+                    i += 2;
+                    continue;
+                }
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth >= 100 {
+                        return true;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                b'e' | b'E' if i > 0 && (text[i - 1].is_ascii_digit() || text[i - 1] == b'.') => return true,
+                _ => {}
+            }
+            digits = if b.is_ascii_digit() { digits + 1 } else { 0 };
+            if digits > 300 {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Reads a JSON text the way parsing it into values would (escapes decoded,
+/// lone surrogates and out-of-range numbers refused), keeping nothing.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Checked, D::Error> {
+        deserializer.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
 }
 
 fn malformed(code: &'static str, message: impl Into<String>) -> IngressError {

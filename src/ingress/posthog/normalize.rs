@@ -17,10 +17,47 @@
 //! `$anon_distinct_id`, `$lib`, `$lib_version`, `$ip`, `token`,
 //! `distinct_id`) are removed from `properties`; everything else stays.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Utc};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::event::{Event, Kind, Library, Source};
+use crate::event::{Event, Kind, Library, RawProps, Source};
+
+/// What normalization reads and lifts out of an event's properties, whether
+/// they are parsed (`Map`) or the client's raw JSON ([`RawProps`]).
+pub trait Props: Serialize {
+    /// The value of `key`.
+    fn value(&self, key: &str) -> Option<Cow<'_, Value>>;
+    /// Remove `key`, returning its value.
+    fn take(&mut self, key: &str) -> Option<Value>;
+    /// Whether `key` holds an object (without parsing it when avoidable).
+    fn holds_object(&self, key: &str) -> bool {
+        self.value(key).is_some_and(|v| v.is_object())
+    }
+}
+
+impl Props for Map<String, Value> {
+    fn value(&self, key: &str) -> Option<Cow<'_, Value>> {
+        self.get(key).map(Cow::Borrowed)
+    }
+    fn take(&mut self, key: &str) -> Option<Value> {
+        self.remove(key)
+    }
+}
+
+impl Props for RawProps<'_> {
+    fn value(&self, key: &str) -> Option<Cow<'_, Value>> {
+        self.get(key).map(Cow::Owned)
+    }
+    fn take(&mut self, key: &str) -> Option<Value> {
+        self.remove(key)
+    }
+    fn holds_object(&self, key: &str) -> bool {
+        self.raw(key).is_some_and(|v| v.get().starts_with('{'))
+    }
+}
 
 /// PostHog truncates longer distinct ids to this many characters.
 pub const DISTINCT_ID_MAX_CHARS: usize = 200;
@@ -76,12 +113,16 @@ pub fn distinct_id_text(value: &Value) -> Option<String> {
 
 /// Where the distinct id sits: `distinct_id`, `$distinct_id`, then
 /// `properties.distinct_id` (first non-null wins).
-pub fn find_distinct_id(event: &Map<String, Value>, props: &Map<String, Value>) -> Option<String> {
-    [event.get("distinct_id"), event.get("$distinct_id"), props.get("distinct_id")]
-        .into_iter()
-        .flatten()
-        .find(|v| !v.is_null())
-        .and_then(distinct_id_text)
+pub fn find_distinct_id(event: &Map<String, Value>, props: &impl Props) -> Option<String> {
+    [
+        event.get("distinct_id").map(Cow::Borrowed),
+        event.get("$distinct_id").map(Cow::Borrowed),
+        props.value("distinct_id"),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|v| !v.is_null())
+    .and_then(|v| distinct_id_text(&v))
 }
 
 /// Parse ISO 8601 as clients write it: RFC 3339 (with `T` or a space),
@@ -163,31 +204,31 @@ fn non_empty_str(v: Option<&Value>) -> Option<String> {
 }
 
 /// Take an object-valued key out of a map; non-objects stay where they are.
-fn take_object(map: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
-    match map.get(key) {
-        Some(Value::Object(_)) => match map.remove(key) {
-            Some(Value::Object(o)) => o,
-            _ => Map::new(),
-        },
+fn take_object(map: &mut impl Props, key: &str) -> Map<String, Value> {
+    if !map.holds_object(key) {
+        return Map::new();
+    }
+    match map.take(key) {
+        Some(Value::Object(o)) => o,
         _ => Map::new(),
     }
 }
 
 /// Build the envelope for one event whose name, distinct id and id are
 /// already decided. `top` is the event object without `properties`.
-pub fn envelope(
+pub fn envelope<P: Props>(
     shared: &Shared<'_>,
     name: &str,
     distinct_id: String,
     id: String,
     mut top: Map<String, Value>,
-    mut props: Map<String, Value>,
-) -> Event {
+    mut props: P,
+) -> Event<P> {
     let mut ev = Event::new(Source::Posthog, "posthog", shared.token, kind_of(name), name, shared.now);
     ev.id = id;
     ev.distinct_id = Some(distinct_id);
 
-    let skew_correction = !truthy(props.get("$ignore_sent_at"));
+    let skew_correction = !truthy(props.value("$ignore_sent_at").as_deref());
     ev.timestamp = event_time(top.get("timestamp"), top.get("offset"), shared.sent_at, skew_correction, shared.now);
 
     // Person properties: the top-level form overrides the nested one.
@@ -195,44 +236,47 @@ pub fn envelope(
     set.extend(take_object(&mut top, "$set"));
     let mut set_once = take_object(&mut props, "$set_once");
     set_once.extend(take_object(&mut top, "$set_once"));
-    if let Some(Value::Array(names)) = props.get("$unset") {
-        if names.iter().all(Value::is_string) {
-            if let Some(Value::Array(names)) = props.remove("$unset") {
-                ev.user_properties.unset = names.into_iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
-            }
+    let unset_names = match props.value("$unset").as_deref() {
+        Some(Value::Array(names)) if names.iter().all(Value::is_string) => {
+            Some(names.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
         }
+        _ => None,
+    };
+    if let Some(names) = unset_names {
+        props.take("$unset");
+        ev.user_properties.unset = names;
     }
 
     ev.email = non_empty_str(set.get("email"))
-        .or_else(|| non_empty_str(props.get("$email")))
-        .or_else(|| non_empty_str(props.get("email")));
+        .or_else(|| non_empty_str(props.value("$email").as_deref()))
+        .or_else(|| non_empty_str(props.value("email").as_deref()));
     ev.user_properties.set = set;
     ev.user_properties.set_once = set_once;
 
-    if let Some(anon) = props.get("$anon_distinct_id").and_then(distinct_id_text) {
-        props.remove("$anon_distinct_id");
+    if let Some(anon) = props.value("$anon_distinct_id").and_then(|v| distinct_id_text(&v)) {
+        props.take("$anon_distinct_id");
         ev.context.anon_distinct_id = Some(anon);
     }
 
-    let lib = non_empty_str(props.get("$lib"));
-    let lib_version = props.get("$lib_version").and_then(|v| match v {
+    let lib = non_empty_str(props.value("$lib").as_deref());
+    let lib_version = props.value("$lib_version").and_then(|v| match &*v {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     });
     ev.context.library = match lib {
         Some(name) => {
-            props.remove("$lib");
-            props.remove("$lib_version");
+            props.take("$lib");
+            props.take("$lib_version");
             let version = lib_version.or_else(|| shared.library.as_ref().and_then(|l| l.version.clone()));
             Some(Library { name, version })
         }
         None => shared.library.clone().filter(|l| !l.name.is_empty()),
     };
 
-    ev.context.ip = match non_empty_str(props.get("$ip")) {
+    ev.context.ip = match non_empty_str(props.value("$ip").as_deref()) {
         Some(ip) => {
-            props.remove("$ip");
+            props.take("$ip");
             Some(ip)
         }
         None => shared.ip.clone(),
@@ -244,10 +288,9 @@ pub fn envelope(
 
     // Plumbing the envelope already carries elsewhere; the token must not
     // travel on as an event property.
-    props.remove("token");
-    props.remove("distinct_id");
-    ev.properties = props;
-    ev
+    props.take("token");
+    props.take("distinct_id");
+    ev.with_properties(props)
 }
 
 #[cfg(test)]

@@ -260,3 +260,52 @@ fn invalid_compressed_payloads_are_400_and_bombs_413() {
     let err = decode(&open(), &facts("/e", Some("compression=lz64"), &h), b"@@@@", now()).unwrap_err();
     assert_eq!((err.status().as_u16(), err.reason()), (400, "invalid_lz64"));
 }
+
+fn run_text(text: &str) -> Result<Vec<Event>, IngressError> {
+    let h = HeaderMap::new();
+    decode(&open(), &facts("/e/", None, &h), text.as_bytes(), now())
+}
+
+/// Properties travel as the client's JSON text, yet whatever parsing them
+/// into values would refuse is still refused, and the rest arrives intact.
+#[test]
+fn raw_properties_are_checked_like_parsed_ones() {
+    let event = |props: &str| format!(r#"{{"api_key":"phc_t","event":"e","distinct_id":"u","properties":{props}}}"#);
+    for bad in [
+        r#"{"s":"\ud800"}"#,
+        r#"{"s":"x\uDC00y"}"#,
+        r#"{"n":1e400}"#,
+        r#"{"n":-2.5E+999}"#,
+        &format!(r#"{{"n":{}}}"#, "9".repeat(400)),
+        &format!(r#"{{"deep":{}{}}}"#, "[".repeat(200), "]".repeat(200)),
+    ] {
+        match run_text(&event(bad)) {
+            Err(e) => assert_eq!((e.status().as_u16(), e.reason()), (400, "invalid_payload"), "{bad}"),
+            Ok(evs) => panic!("accepted {bad}: {:?}", evs[0].properties),
+        }
+    }
+    let good = r#"{"emoji":"\ud83d\ude00","n":1e5,"big":18446744073709551616,"s":"a\"b\\c\u00e9","deep":[[[{"k":[]}]]],"dup":1,"dup":2,"nul":null}"#;
+    let evs = run_text(&event(good)).expect("accepted");
+    let want: Value = serde_json::from_str(good).unwrap();
+    assert_eq!(Value::Object(evs[0].properties.clone()), want);
+    assert_eq!(evs[0].properties["emoji"], "😀");
+    assert_eq!(evs[0].properties["dup"], 2);
+
+    assert!(!needs_strict_check(event(r#"{"a":"[[[[ 1e9","b":1.5,"c":[1,2],"d":"\n\"é"}"#).as_bytes()));
+    assert!(needs_strict_check(br#"{"a":1e9}"#));
+    assert!(needs_strict_check(br#"{"a":"\uD83D"}"#));
+}
+
+#[test]
+fn properties_that_are_not_an_object_are_refused() {
+    let event = |props: &str| format!(r#"{{"api_key":"phc_t","event":"e","distinct_id":"u","properties":{props}}}"#);
+    for bad in [r#""text""#, "[1]", "3", "true"] {
+        match run_text(&event(bad)) {
+            Err(e) => assert_eq!(e.reason(), "invalid_payload", "{bad}"),
+            Ok(_) => panic!("accepted properties {bad}"),
+        }
+    }
+    assert!(run_text(&event("null")).expect("null properties").first().is_some_and(|e| e.properties.is_empty()));
+    let no_props = r#"{"api_key":"phc_t","event":"e","distinct_id":"u"}"#;
+    assert_eq!(run_text(no_props).expect("no properties").len(), 1);
+}

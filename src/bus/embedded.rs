@@ -315,7 +315,7 @@ fn writer_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<WriteReques
             inner.store.check(commit_group(&db, &group, &mut next))
         });
         m::embedded_commit(started.elapsed(), count);
-        match result {
+        let outcome = match result {
             Ok(added) => {
                 inner.healthy.store(true, Ordering::Relaxed);
                 let total = inner.stored_bytes.fetch_add(added, Ordering::Relaxed) + added;
@@ -323,17 +323,20 @@ fn writer_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<WriteReques
                 for t in [Topic::Events, Topic::DeadLetters] {
                     inner.heads[topic_index(t)].send_replace(next[topic_index(t)]);
                 }
-                for req in group.drain(..) {
-                    let _ = req.done.send(Ok(()));
-                }
+                Ok(())
             }
             Err(e) => {
                 inner.healthy.store(false, Ordering::Relaxed);
                 tracing::error!(error = %e, "embedded log commit failed");
-                for req in group.drain(..) {
-                    let _ = req.done.send(Err(BusError::Unavailable(e.to_string())));
-                }
+                Err(e.to_string())
             }
+        };
+        // Let go of the log before answering: once the last publish has its
+        // answer and the caller drops the log, the file is closed (and its
+        // lock released for the next process, e.g. `sluice dlq list`).
+        drop(inner);
+        for req in group.drain(..) {
+            let _ = req.done.send(outcome.clone().map_err(BusError::Unavailable));
         }
     }
 }

@@ -115,7 +115,9 @@ pub async fn run_with(
         dedup,
         sender,
         tasks: JoinSet::new(),
-        max_buffered: (lanes * limits.max_events * 4).max(1000),
+        // Two full batches per lane keep every request full at saturation;
+        // each unfinished envelope is held decoded (for its dead letter).
+        max_buffered: (lanes * limits.max_events * 2).max(1000),
         backlogged: false,
         stopping,
         config: config.clone(),

@@ -316,9 +316,9 @@ impl<'a> RawProps<'a> {
         self.remove_raw(key).and_then(|v| serde_json::from_str(v.get()).ok())
     }
 
-    /// The parsed object (tests and tools; the ingress never needs it).
-    pub fn to_map(&self) -> Map<String, Value> {
-        self.0.iter().filter_map(|(k, v)| Some((k.to_string(), serde_json::from_str(v.get()).ok()?))).collect()
+    /// The parsed object.
+    pub fn to_map(&self) -> Result<Map<String, Value>, serde_json::Error> {
+        self.0.iter().map(|(k, v)| Ok((k.to_string(), serde_json::from_str(v.get())?))).collect()
     }
 }
 
@@ -548,7 +548,7 @@ mod tests {
         assert_eq!(raw.len(), 3, "the repeated key keeps one entry");
         assert_eq!(raw.get("b"), Some(Value::from("last")));
         let parsed: Map<String, Value> = serde_json::from_str(text).unwrap();
-        assert_eq!(raw.to_map(), parsed);
+        assert_eq!(raw.to_map().unwrap(), parsed);
         let mut e = sample();
         e.properties = parsed;
         let raw_event = e.clone().with_properties(raw);

@@ -675,6 +675,21 @@ mod tests {
         assert!(decode(&raw[..5]).is_none());
     }
 
+    /// The writer lets go of the log before answering a publish, so once the
+    /// caller drops the log the file is closed and another opener (the next
+    /// process: `sluice dlq list`) gets redb's lock at once. Racy by nature:
+    /// without that ordering this fails on some iterations, not all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_log_after_a_publish_releases_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..50u8 {
+            let log = EmbeddedLog::open(dir.path(), EmbeddedConfig::default())
+                .unwrap_or_else(|e| panic!("open #{i} found the file still held: {e}"));
+            log.publish(Topic::DeadLetters, vec![Record { key: vec![i], payload: vec![i] }]).await.unwrap();
+            drop(log);
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn retention_counts_undelivered_drops() {
         let dir = tempfile::tempdir().unwrap();

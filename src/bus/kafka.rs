@@ -94,6 +94,24 @@ fn apply_overrides(c: &mut ClientConfig, cfg: &KafkaConfig, producer: bool) {
     }
 }
 
+/// The producer's settings: Sluice's defaults, then `bus.kafka.properties`.
+fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut pc = base_config(cfg);
+    pc.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        // lz4 batches: the broker stores and copies a third of the bytes.
+        // Against Tansu on the same two cores this took PostHog ingress
+        // from ~54,000 to ~92,000 events/s (BENCHMARKS.md).
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", cfg.publish_timeout_ms.to_string())
+        // Bounded producer queue: past it publishes fail fast with 503.
+        .set("queue.buffering.max.messages", "200000")
+        .set("queue.buffering.max.kbytes", "131072");
+    apply_overrides(&mut pc, cfg, true);
+    pc
+}
+
 fn topic_name(cfg: &KafkaConfig, topic: Topic) -> &str {
     match topic {
         Topic::Events => &cfg.topic,
@@ -112,19 +130,7 @@ fn map_err(e: &KafkaError) -> BusError {
 
 impl KafkaBus {
     pub async fn connect(cfg: &KafkaConfig) -> anyhow::Result<KafkaBus> {
-        let mut pc = base_config(cfg);
-        pc.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            // lz4 batches: the broker stores and copies a third of the bytes.
-            // Against Tansu on the same two cores this took PostHog ingress
-            // from ~54,000 to ~92,000 events/s (BENCHMARKS.md).
-            .set("compression.type", "lz4")
-            .set("message.timeout.ms", cfg.publish_timeout_ms.to_string())
-            // Bounded producer queue: past it publishes fail fast with 503.
-            .set("queue.buffering.max.messages", "200000")
-            .set("queue.buffering.max.kbytes", "131072");
-        apply_overrides(&mut pc, cfg, true);
+        let pc = producer_config(cfg);
         let producer: FutureProducer<StatsContext> = pc.create_with_context(StatsContext)?;
         if cfg.create_topics {
             ensure_topics(cfg).await?;
@@ -370,5 +376,24 @@ impl Subscriber for KafkaSubscriber {
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
             Err(e) => Err(map_err(&e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producer_defaults_are_durable_and_compressed_and_properties_win() {
+        let mut cfg = KafkaConfig::default();
+        let pc = producer_config(&cfg);
+        for (key, want) in [("acks", "all"), ("enable.idempotence", "true"), ("compression.type", "lz4")] {
+            assert_eq!(pc.get(key), Some(want), "{key}");
+        }
+        cfg.properties.insert("compression.type".into(), "snappy".into());
+        cfg.properties.insert("group.id".into(), "consumer-only".into());
+        let pc = producer_config(&cfg);
+        assert_eq!(pc.get("compression.type"), Some("snappy"));
+        assert_eq!(pc.get("group.id"), None, "consumer settings stay off the producer");
     }
 }

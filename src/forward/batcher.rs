@@ -382,13 +382,19 @@ mod tests {
 
     const LINGER: Duration = Duration::from_millis(1000);
 
-    #[tokio::test(start_paused = true)]
-    async fn fills_to_the_event_limit_then_opens_the_next() {
+    /// A lane holding seven one-event envelopes from seven users, pushed at `now`.
+    fn lane_of_seven(now: Instant) -> Lane {
         let mut lane = Lane::new(limits());
-        let now = Instant::now();
         for i in 0..7 {
             lane.push(i, &format!("u{i}"), vec![ev(i as u32)], now);
         }
+        lane
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fills_to_the_event_limit_then_opens_the_next() {
+        let now = Instant::now();
+        let mut lane = lane_of_seven(now);
         let ready = lane.take_ready(now, LINGER, false);
         assert_eq!(ready.iter().map(Batch::len).collect::<Vec<_>>(), vec![3, 3], "the partial third waits");
         assert_eq!(ready[0].owners, vec![vec![0], vec![1], vec![2]]);
@@ -402,11 +408,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn at_most_takes_the_oldest_ready_requests_and_leaves_the_rest() {
-        let mut lane = Lane::new(limits());
         let now = Instant::now();
-        for i in 0..7 {
-            lane.push(i, &format!("u{i}"), vec![ev(i as u32)], now);
-        }
+        let mut lane = lane_of_seven(now);
         let first = lane.take_ready_at_most(now, LINGER, false, 1);
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].owners, vec![vec![0], vec![1], vec![2]], "the oldest request first");

@@ -382,7 +382,7 @@ fn split_event(raw: &RawValue, engage: bool) -> Result<Wire<'_>, IngressError> {
         Nested::Absent | Nested::Null => RawProps::default(),
         Nested::Other => return Err(malformed("invalid_payload", "event properties are not an object")),
     };
-    Ok(Wire { size: raw.get().len(), name, top: fields.to_map(), props })
+    Ok(Wire { size: raw.get().len(), name, top: fields.to_map().map_err(not_object)?, props })
 }
 
 /// Without an envelope, each event names its token (`token`, `$token`,

@@ -124,6 +124,8 @@ async fn batch_of_200_is_202_with_count() {
     assert_eq!(accepted.len(), 200);
     assert_eq!(accepted[199].index, 199);
     assert_eq!(accepted[0].request, sim.recorded()[0].seq);
+    assert_eq!(sim.request_count(EndpointClass::Events), 1);
+    assert_eq!(sim.request_count(EndpointClass::Contacts), 0);
 }
 
 #[tokio::test]

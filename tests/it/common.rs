@@ -153,6 +153,17 @@ pub mod raw_http {
 }
 
 /// Write `yaml` to a file in `dir` and return its path.
+/// A config on the embedded bus in the test's data directory (`{port}` and
+/// `{dir}` are filled in by [`Sluice::spawn`]) with JSON logs and PostHog
+/// accepting `token`. `connectors` is YAML added under `connectors:` (two
+/// spaces in), `rest` more top-level sections (`brevo:` ...).
+pub fn embedded_yaml(token: &str, connectors: &str, rest: &str) -> String {
+    format!(
+        "server:\n  listen: \"127.0.0.1:{{port}}\"\nbus:\n  kind: embedded\n  path: \"{{dir}}/data\"\n\
+         connectors:\n  posthog:\n    project_tokens: [{token}]\n{connectors}log:\n  format: json\n{rest}"
+    )
+}
+
 pub fn write_config(dir: &Path, yaml: &str) -> PathBuf {
     let p = dir.join("sluice.yaml");
     let mut f = std::fs::File::create(&p).expect("config file");

@@ -1300,12 +1300,8 @@ async fn the_dockerfiles_release_binary_relays_posthog_events_to_brevo() {
 
     const KEY: &str = "xkeysib-release-smoke";
     let sim = sluice::sim::start(sluice::sim::SimConfig::new(KEY)).await.expect("simulator");
-    let yaml = format!(
-        "server:\n  listen: \"127.0.0.1:{{port}}\"\nbus:\n  kind: embedded\n  path: \"{{dir}}/data\"\n\
-         connectors:\n  posthog:\n    project_tokens: [phc_release]\n\
-         brevo:\n  api_key: {KEY}\n  base_url: {}\n  linger_ms: 50\n",
-        sim.base_url()
-    );
+    let brevo = format!("brevo:\n  api_key: {KEY}\n  base_url: {}\n  linger_ms: 50\n", sim.base_url());
+    let yaml = common::embedded_yaml("phc_release", "", &brevo);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sluice = common::Sluice::spawn(&bin, "serve", &yaml, dir, &[]);
     let batch: Vec<serde_json::Value> = (0..3)

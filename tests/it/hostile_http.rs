@@ -31,16 +31,8 @@ const TOKEN: &str = "phc_hostile_token";
 const AMP_KEY: &str = "amp_hostile_key";
 
 fn yaml() -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:{{port}}"
-bus:
-  kind: embedded
-  path: "{{dir}}/data"
-connectors:
-  posthog:
-    project_tokens: [{TOKEN}]
-  amplitude:
+    let connectors = format!(
+        r#"  amplitude:
     api_keys: [{AMP_KEY}]
   webhooks:
     - name: stripe
@@ -49,10 +41,9 @@ connectors:
     - name: std
       scheme: standard
       secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]
-log:
-  format: json
 "#
-    )
+    );
+    common::embedded_yaml(TOKEN, &connectors, "")
 }
 
 /// One hostile request.

@@ -36,24 +36,10 @@ fn phase() -> Duration {
 }
 
 fn config(brevo_url: &str) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:{{port}}"
-bus:
-  kind: embedded
-  path: "{{dir}}/data"
-connectors:
-  posthog:
-    project_tokens: [{TOKEN}]
-brevo:
-  api_key: {KEY}
-  base_url: {brevo_url}
-  initial_backoff_ms: 200
-  max_backoff_ms: 2000
-log:
-  format: json
-"#
-    )
+    let brevo = format!(
+        "brevo:\n  api_key: {KEY}\n  base_url: {brevo_url}\n  initial_backoff_ms: 200\n  max_backoff_ms: 2000\n"
+    );
+    common::embedded_yaml(TOKEN, "", &brevo)
 }
 
 /// The load ids (`properties.rid`) of the events Brevo accepted, with how

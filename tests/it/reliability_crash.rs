@@ -25,22 +25,7 @@ const USER: &str = "user-crash";
 const MAX_BATCH: usize = 50;
 
 fn embedded_yaml() -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:{{port}}"
-bus:
-  kind: embedded
-  path: "{{dir}}/data"
-connectors:
-  posthog:
-    project_tokens: [{TOKEN}]
-brevo:
-  linger_ms: 20
-  max_batch_events: {MAX_BATCH}
-log:
-  format: json
-"#
-    )
+    common::embedded_yaml(TOKEN, "", &format!("brevo:\n  linger_ms: 20\n  max_batch_events: {MAX_BATCH}\n"))
 }
 
 /// Wait until the load has `acked` 2xx answers and the forwarder delivered at

@@ -5,6 +5,8 @@
 //! and the forwarder maps it to Brevo calls. Nothing downstream of the ingress
 //! looks at a vendor's raw payload again.
 
+mod json;
+
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
@@ -145,7 +147,9 @@ pub struct Context {
 /// PostHog ingress builds `Event<RawProps>`, whose values stay the client's
 /// JSON text (borrowed from the request), so they are neither parsed into a
 /// tree nor re-encoded on the way to the bus. Both serialize to the same
-/// envelope JSON.
+/// envelope JSON. A field added here must also be written by
+/// `event/json.rs` (the PostHog hot path's writer); its tests fail to
+/// compile until it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, bound(deserialize = "P: Deserialize<'de> + Default"))]
 pub struct Event<P = Map<String, Value>> {
@@ -260,12 +264,25 @@ impl<P: Serialize> Event<P> {
     }
 }
 
+impl<'a> Event<RawProps<'a>> {
+    /// [`Event::to_record_sized`] through a hand-written writer
+    /// (`event/json.rs`): the same JSON, with the properties copied as the
+    /// client's text ([`RawProps::write_json`]) and no per-character
+    /// escaping calls. The PostHog ingress's hot path.
+    pub fn into_record(self, bytes: usize) -> crate::bus::Record {
+        let mut payload = Vec::with_capacity(bytes);
+        json::write_event(&self, &mut payload);
+        crate::bus::Record { key: self.partition_key().into_bytes(), payload }
+    }
+}
+
 /// Event properties as the client wrote them: keys in the client's order,
 /// each value the JSON text of the request, borrowed. Serializes as a JSON
 /// object, values copied verbatim. A key the client repeated keeps its last
-/// value, as a parsed object would.
+/// value, as a parsed object would. Removed entries stay as tombstones
+/// (`None`) so removing does not shift the rest.
 #[derive(Debug, Default, Clone)]
-pub struct RawProps<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+pub struct RawProps<'a>(Vec<(Cow<'a, str>, Option<&'a RawValue>)>);
 
 impl<'a> RawProps<'a> {
     /// Parse one JSON object, borrowing every value (and every key without
@@ -274,6 +291,39 @@ impl<'a> RawProps<'a> {
         let mut props: RawProps<'a> = serde_json::from_str(text)?;
         props.keep_last_of_each_key();
         Ok(props)
+    }
+
+    /// Write the object as JSON: values verbatim, and keys verbatim too
+    /// when they were borrowed from the parsed text (serde_json borrows a
+    /// string only when it has no escapes, and refuses control characters,
+    /// so such a key needs none); keys that had escapes are escaped again.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut first = true;
+        for (k, v) in &self.0 {
+            let Some(v) = v else { continue };
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            match k {
+                Cow::Borrowed(k) => {
+                    out.push(b'"');
+                    out.extend_from_slice(k.as_bytes());
+                    out.push(b'"');
+                }
+                Cow::Owned(k) => {
+                    let _ = serde_json::to_writer(&mut *out, k);
+                }
+            }
+            out.push(b':');
+            out.extend_from_slice(v.get().as_bytes());
+        }
+        out.push(b'}');
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (&Cow<'a, str>, &'a RawValue)> {
+        self.0.iter().filter_map(|(k, v)| v.map(|v| (k, v)))
     }
 
     fn keep_last_of_each_key(&mut self) {
@@ -287,16 +337,16 @@ impl<'a> RawProps<'a> {
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.entries().count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 
     /// The raw JSON of `key`'s value.
     pub fn raw(&self, key: &str) -> Option<&'a RawValue> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+        self.entries().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// `key`'s value, parsed (`None` when absent; an unparsable value, which
@@ -307,8 +357,7 @@ impl<'a> RawProps<'a> {
 
     /// Remove `key`, returning its raw JSON.
     pub fn remove_raw(&mut self, key: &str) -> Option<&'a RawValue> {
-        let i = self.0.iter().position(|(k, _)| k == key)?;
-        Some(self.0.remove(i).1)
+        self.0.iter_mut().find(|(k, v)| k == key && v.is_some())?.1.take()
     }
 
     /// Remove `key`, returning its parsed value.
@@ -318,15 +367,15 @@ impl<'a> RawProps<'a> {
 
     /// The parsed object.
     pub fn to_map(&self) -> Result<Map<String, Value>, serde_json::Error> {
-        self.0.iter().map(|(k, v)| Ok((k.to_string(), serde_json::from_str(v.get())?))).collect()
+        self.entries().map(|(k, v)| Ok((k.to_string(), serde_json::from_str(v.get())?))).collect()
     }
 }
 
 impl Serialize for RawProps<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (k, v) in self.entries() {
             map.serialize_entry(k, v)?;
         }
         map.end()
@@ -371,17 +420,7 @@ impl<'a> RawProps<'a> {
                 f.write_str("a JSON object")
             }
             fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
-                let (entries, nested) = raw_entries(map, Some(self.0))?;
-                let mut props = RawProps(entries);
-                props.keep_last_of_each_key();
-                let nested = match nested {
-                    Nested::Object(mut inner) => {
-                        inner.keep_last_of_each_key();
-                        Nested::Object(inner)
-                    }
-                    other => other,
-                };
-                Ok((props, nested))
+                RawProps::split_entries(map, self.0)
             }
         }
         let mut de = serde_json::Deserializer::from_str(text);
@@ -389,9 +428,35 @@ impl<'a> RawProps<'a> {
         de.end()?;
         Ok(out)
     }
+
+    /// [`RawProps::parse_split`] for a visitor already inside the object,
+    /// so objects nested in a bigger document (the events of a batch) are
+    /// split in the document's one pass.
+    pub fn split_entries<'de, M: serde::de::MapAccess<'de>>(
+        map: M,
+        nested: &str,
+    ) -> Result<(RawProps<'de>, Nested<'de>), M::Error> {
+        let (entries, nested) = raw_entries(map, Some(nested))?;
+        let mut props = RawProps(entries);
+        props.keep_last_of_each_key();
+        let nested = match nested {
+            Nested::Object(mut inner) => {
+                inner.keep_last_of_each_key();
+                Nested::Object(inner)
+            }
+            other => other,
+        };
+        Ok((props, nested))
+    }
+
+    /// Length of this object written as compact JSON (keys counted
+    /// unescaped, values as the client wrote them).
+    pub fn json_len(&self) -> usize {
+        1 + self.entries().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>().max(1)
+    }
 }
 
-type Entries<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+type Entries<'a> = Vec<(Cow<'a, str>, Option<&'a RawValue>)>;
 
 /// Collect an object's entries as raw values; the entry named `nested` (the
 /// last one, if repeated) is read as [`Nested`] instead.
@@ -405,7 +470,7 @@ fn raw_entries<'de, M: serde::de::MapAccess<'de>>(
         if nested == Some(&*k) {
             inner = map.next_value::<NestedValue<'de>>()?.0;
         } else {
-            entries.push((k, map.next_value::<&'de RawValue>()?));
+            entries.push((k, Some(map.next_value::<&'de RawValue>()?)));
         }
     }
     Ok((entries, inner))
@@ -559,6 +624,28 @@ mod tests {
         assert_eq!(raw.remove("a\"q"), Some(serde_json::json!(2.5)));
         assert!(raw.raw("a\"q").is_none());
         assert!(RawProps::parse("[1]").is_err());
+    }
+
+    #[test]
+    fn into_record_appends_the_raw_properties_to_the_envelope() {
+        let text = r#"{"b": [1, {"x": "\u00e9"}], "a\"q": 2.50, "t\tab": 1, "b": "last", "token": "t", "n": null}"#;
+        let mut raw = RawProps::parse(text).unwrap();
+        assert!(raw.remove_raw("token").is_some());
+        assert!(raw.remove_raw("token").is_none(), "a removed entry is gone");
+        assert_eq!(raw.len(), 4);
+        let e = sample().with_properties(raw);
+        let (fast, slow) = (e.clone().into_record(0), e.to_record());
+        assert_eq!(fast.key, slow.key);
+        let parsed = |p: &[u8]| serde_json::from_slice::<Value>(p).unwrap();
+        assert_eq!(parsed(&fast.payload), parsed(&slow.payload));
+        let text = String::from_utf8(fast.payload.clone()).unwrap();
+        assert!(text.ends_with(r#","properties":{"a\"q":2.50,"t\tab":1,"b":"last","n":null}}"#), "{text}");
+        let back = Event::from_payload(&fast.payload).unwrap();
+        assert_eq!(back.properties.len(), 4);
+        assert_eq!(back.properties["b"], Value::from("last"));
+        // No properties at all still makes one object.
+        let empty = sample().with_properties(RawProps::default()).into_record(0);
+        assert!(Event::from_payload(&empty.payload).unwrap().properties.is_empty());
     }
 
     #[test]

@@ -30,8 +30,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use super::{publish_records, refuse, AppState, Dialect, IngressError, RawRequest};
@@ -225,7 +224,7 @@ fn ok(beacon: bool) -> Response {
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow, default)]
-    batch: Option<Vec<&'a RawValue>>,
+    batch: Option<Vec<RawEvent<'a>>>,
     #[serde(default)]
     api_key: Option<Value>,
     #[serde(default)]
@@ -241,7 +240,7 @@ struct Envelope<'a> {
 /// A parsed v0 body: the events, and the envelope's fields when the body
 /// was the batch envelope.
 struct ParsedBody<'a> {
-    items: Vec<&'a RawValue>,
+    items: Vec<RawEvent<'a>>,
     envelope: Option<BatchMeta>,
 }
 
@@ -250,6 +249,41 @@ struct BatchMeta {
     token: Option<Value>,
     sent_at: Option<DateTime<Utc>>,
     historical_migration: bool,
+}
+
+/// One event of a v0 body, read in the body's single pass: its fields as
+/// raw entries, its `properties` as raw entries of their own.
+struct RawEvent<'a> {
+    fields: RawProps<'a>,
+    props: Nested<'a>,
+}
+
+impl RawEvent<'_> {
+    /// The event's size as compact JSON (what the per-event limit counts).
+    fn size(&self) -> usize {
+        let props = match &self.props {
+            Nested::Object(p) => p.json_len() + "\"properties\":,".len(),
+            _ => 0,
+        };
+        self.fields.json_len() + props
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawEvent<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawEvent<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an event (a JSON object)")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<RawEvent<'de>, M::Error> {
+                let (fields, props) = RawProps::split_entries(map, "properties")?;
+                Ok(RawEvent { fields, props })
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
 }
 
 fn parse_body(text: &str) -> Result<ParsedBody<'_>, IngressError> {
@@ -290,7 +324,8 @@ struct Wire<'a> {
     /// Bytes of the event's JSON in the request (the envelope is about as big).
     size: usize,
     name: String,
-    top: Map<String, Value>,
+    /// The event's fields but `properties`, parsed only where read.
+    top: RawProps<'a>,
     props: RawProps<'a>,
 }
 
@@ -328,11 +363,12 @@ pub fn decode_records(
     }
 
     let mut wires = Vec::with_capacity(parsed.items.len());
-    for raw in &parsed.items {
-        if raw.get().len() > EVENT_SIZE_LIMIT {
+    for raw in parsed.items {
+        let size = raw.size();
+        if size > EVENT_SIZE_LIMIT {
             return Err(IngressError::TooLarge { what: "event", limit: EVENT_SIZE_LIMIT });
         }
-        wires.push(split_event(raw, facts.is_engage())?);
+        wires.push(split_event(raw, size, facts.is_engage())?);
     }
 
     let token = match &parsed.envelope {
@@ -360,14 +396,13 @@ pub fn decode_records(
         .into_iter()
         .map(|w| {
             let size = w.size + 512;
-            to_event(&shared, w).map(|e| e.to_record_sized(size))
+            to_event(&shared, w).map(|e| e.into_record(size))
         })
         .collect()
 }
 
-fn split_event(raw: &RawValue, engage: bool) -> Result<Wire<'_>, IngressError> {
-    let not_object = |e: serde_json::Error| malformed("invalid_payload", format!("an event is not a JSON object: {e}"));
-    let (mut fields, props) = RawProps::parse_split(raw.get(), "properties").map_err(not_object)?;
+fn split_event(raw: RawEvent<'_>, size: usize, engage: bool) -> Result<Wire<'_>, IngressError> {
+    let RawEvent { mut fields, props } = raw;
     let name = match fields.remove("event") {
         Some(Value::String(n)) => n,
         None | Some(Value::Null) if engage => "$identify".to_string(),
@@ -382,7 +417,7 @@ fn split_event(raw: &RawValue, engage: bool) -> Result<Wire<'_>, IngressError> {
         Nested::Absent | Nested::Null => RawProps::default(),
         Nested::Other => return Err(malformed("invalid_payload", "event properties are not an object")),
     };
-    Ok(Wire { size: raw.get().len(), name, top: fields.to_map().map_err(not_object)?, props })
+    Ok(Wire { size, name, top: fields, props })
 }
 
 /// Without an envelope, each event names its token (`token`, `$token`,
@@ -392,7 +427,7 @@ fn request_token(wires: &[Wire]) -> Result<String, IngressError> {
     for w in wires {
         let found = ["token", "$token", "api_key"]
             .iter()
-            .find_map(|k| w.top.get(*k).filter(|v| !v.is_null()).cloned())
+            .find_map(|k| w.top.get(k).filter(|v| !v.is_null()))
             .or_else(|| w.props.get("token").filter(|v| !v.is_null()));
         let t = match found {
             None => continue,

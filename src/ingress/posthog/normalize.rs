@@ -113,16 +113,12 @@ pub fn distinct_id_text(value: &Value) -> Option<String> {
 
 /// Where the distinct id sits: `distinct_id`, `$distinct_id`, then
 /// `properties.distinct_id` (first non-null wins).
-pub fn find_distinct_id(event: &Map<String, Value>, props: &impl Props) -> Option<String> {
-    [
-        event.get("distinct_id").map(Cow::Borrowed),
-        event.get("$distinct_id").map(Cow::Borrowed),
-        props.value("distinct_id"),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|v| !v.is_null())
-    .and_then(|v| distinct_id_text(&v))
+pub fn find_distinct_id(event: &impl Props, props: &impl Props) -> Option<String> {
+    [event.value("distinct_id"), event.value("$distinct_id"), props.value("distinct_id")]
+        .into_iter()
+        .flatten()
+        .find(|v| !v.is_null())
+        .and_then(|v| distinct_id_text(&v))
 }
 
 /// Parse ISO 8601 as clients write it: RFC 3339 (with `T` or a space),
@@ -216,12 +212,12 @@ fn take_object(map: &mut impl Props, key: &str) -> Map<String, Value> {
 
 /// Build the envelope for one event whose name, distinct id and id are
 /// already decided. `top` is the event object without `properties`.
-pub fn envelope<P: Props>(
+pub fn envelope<T: Props, P: Props>(
     shared: &Shared<'_>,
     name: &str,
     distinct_id: String,
     id: String,
-    mut top: Map<String, Value>,
+    mut top: T,
     mut props: P,
 ) -> Event<P> {
     let mut ev = Event::new(Source::Posthog, "posthog", shared.token, kind_of(name), name, shared.now);
@@ -229,7 +225,13 @@ pub fn envelope<P: Props>(
     ev.distinct_id = Some(distinct_id);
 
     let skew_correction = !truthy(props.value("$ignore_sent_at").as_deref());
-    ev.timestamp = event_time(top.get("timestamp"), top.get("offset"), shared.sent_at, skew_correction, shared.now);
+    ev.timestamp = event_time(
+        top.value("timestamp").as_deref(),
+        top.value("offset").as_deref(),
+        shared.sent_at,
+        skew_correction,
+        shared.now,
+    );
 
     // Person properties: the top-level form overrides the nested one.
     let mut set = take_object(&mut props, "$set");

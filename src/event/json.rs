@@ -1,0 +1,252 @@
+//! The PostHog hot path's envelope writer: [`Event<RawProps>`] straight to
+//! JSON bytes, without serde's per-key and per-character escaping calls.
+//!
+//! It writes exactly what the derived `Serialize` writes (same fields, same
+//! skipping, same values; properties last), which the tests check against a
+//! fully populated event built with struct literals: a field added to the
+//! envelope fails to compile there until it is written here too.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value};
+
+use super::{Context, Event, Library, RawProps, UserProperties};
+
+/// Write `event` as its bus payload into `out`.
+pub(super) fn write_event(event: &Event<RawProps<'_>>, out: &mut Vec<u8>) {
+    let mut o = Obj::open(out);
+    o.str("schema", &event.schema);
+    o.str("id", &event.id);
+    o.str("source", event.source.as_str());
+    o.str("source_name", &event.source_name);
+    o.str("project", &event.project);
+    o.str("kind", event.kind.as_str());
+    o.str("name", &event.name);
+    match &event.distinct_id {
+        Some(d) => o.str("distinct_id", d),
+        None => o.raw("distinct_id", b"null"),
+    }
+    if let Some(email) = &event.email {
+        o.str("email", email);
+    }
+    user_properties(o.key("user_properties"), &event.user_properties);
+    if let Some(revenue) = &event.revenue {
+        o.serde("revenue", revenue);
+    }
+    o.time("timestamp", &event.timestamp);
+    o.time("received_at", &event.received_at);
+    context(o.key("context"), &event.context);
+    event.properties.write_json(o.key("properties"));
+    o.close();
+}
+
+fn user_properties(out: &mut Vec<u8>, u: &UserProperties) {
+    let UserProperties { set, set_once, unset, other } = u;
+    let mut o = Obj::open(out);
+    o.map("set", set);
+    o.map("set_once", set_once);
+    o.serde("unset", unset);
+    if !other.is_empty() {
+        o.map("other", other);
+    }
+    o.close();
+}
+
+fn context(out: &mut Vec<u8>, c: &Context) {
+    let Context { ip, user_agent, library, anon_distinct_id, extra } = c;
+    let mut o = Obj::open(out);
+    if let Some(ip) = ip {
+        o.str("ip", ip);
+    }
+    if let Some(ua) = user_agent {
+        o.str("user_agent", ua);
+    }
+    if let Some(Library { name, version }) = library {
+        let mut lib = Obj::open(o.key("library"));
+        lib.str("name", name);
+        if let Some(v) = version {
+            lib.str("version", v);
+        }
+        lib.close();
+    }
+    if let Some(anon) = anon_distinct_id {
+        o.str("anon_distinct_id", anon);
+    }
+    if !extra.is_empty() {
+        o.map("extra", extra);
+    }
+    o.close();
+}
+
+/// An object being written: keys are this module's own literals, so they
+/// are written without escaping.
+struct Obj<'o> {
+    out: &'o mut Vec<u8>,
+    first: bool,
+}
+
+impl<'o> Obj<'o> {
+    fn open(out: &'o mut Vec<u8>) -> Obj<'o> {
+        out.push(b'{');
+        Obj { out, first: true }
+    }
+
+    /// Start the member `name`; the caller writes its value.
+    fn key(&mut self, name: &str) -> &mut Vec<u8> {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.out
+    }
+
+    fn raw(&mut self, name: &str, json: &[u8]) {
+        self.key(name).extend_from_slice(json);
+    }
+
+    fn str(&mut self, name: &str, value: &str) {
+        string(self.key(name), value);
+    }
+
+    fn time(&mut self, name: &str, t: &DateTime<Utc>) {
+        // chrono's own `Serialize` writes this format (RFC 3339, `Z`,
+        // fractional seconds only as precise as needed).
+        let text = t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+        string(self.key(name), &text);
+    }
+
+    fn map(&mut self, name: &str, map: &Map<String, Value>) {
+        self.serde(name, map);
+    }
+
+    fn serde<T: serde::Serialize + ?Sized>(&mut self, name: &str, value: &T) {
+        // Owned JSON types and plain structs cannot fail to serialize.
+        let _ = serde_json::to_writer(&mut *self.key(name), value);
+    }
+
+    fn close(self) {
+        self.out.push(b'}');
+    }
+}
+
+/// A JSON string: copied as is when nothing in it needs an escape (the
+/// usual case), else escaped by serde_json.
+fn string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        let _ = serde_json::to_writer(&mut *out, s);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Kind, Revenue, Source};
+    use super::*;
+
+    fn time(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// Every field set, with struct literals (no `..`): a new field does
+    /// not compile here until the writer above handles it.
+    fn full(props: RawProps<'_>) -> Event<RawProps<'_>> {
+        Event {
+            schema: "1".into(),
+            id: "0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f0000".into(),
+            source: Source::Posthog,
+            source_name: "posthog".into(),
+            project: "phc_\"quoted\"".into(),
+            kind: Kind::Identify,
+            name: "line\nbreak \u{e9} \\ tab\t".into(),
+            distinct_id: Some("user-1".into()),
+            email: Some("a@b.co".into()),
+            properties: props,
+            user_properties: UserProperties {
+                set: serde_json::from_str(r#"{"plan": "pro", "n": 1.5}"#).unwrap(),
+                set_once: serde_json::from_str(r#"{"first": "x"}"#).unwrap(),
+                unset: vec!["gone".into()],
+                other: serde_json::from_str(r#"{"$add": {"n": 1}}"#).unwrap(),
+            },
+            revenue: Some(Revenue {
+                amount: Some(12.5),
+                amount_minor: Some(1250),
+                currency: Some("eur".into()),
+                price: Some(6.25),
+                quantity: Some(2),
+                product_id: Some("sku".into()),
+                revenue_type: Some("sale".into()),
+            }),
+            timestamp: time("2026-03-01T11:59:58.123456Z"),
+            received_at: time("2026-03-01T12:00:00Z"),
+            context: Context {
+                ip: Some("203.0.113.7".into()),
+                user_agent: Some("ua \"x\"".into()),
+                library: Some(Library { name: "web".into(), version: Some("1.2.3".into()) }),
+                anon_distinct_id: Some("anon".into()),
+                extra: serde_json::from_str(r#"{"historical_migration": true}"#).unwrap(),
+            },
+        }
+    }
+
+    fn both(e: &Event<RawProps<'_>>) -> (Vec<u8>, Vec<u8>) {
+        let mut fast = Vec::new();
+        write_event(e, &mut fast);
+        (fast, serde_json::to_vec(e).unwrap())
+    }
+
+    fn value(bytes: &[u8]) -> Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn writes_what_the_derived_serializer_writes() {
+        let text = r#"{"a": 1, "k\"ey": [true, null], "s": "v"}"#;
+        let e = full(RawProps::parse(text).unwrap());
+        let (fast, slow) = both(&e);
+        assert_eq!(value(&fast), value(&slow));
+        assert!(Event::from_payload(&fast).is_ok(), "{}", String::from_utf8_lossy(&fast));
+
+        // Everything optional absent or empty.
+        let mut sparse = full(RawProps::default());
+        (sparse.distinct_id, sparse.email, sparse.revenue) = (None, None, None);
+        sparse.user_properties = UserProperties::default();
+        sparse.context = Context::default();
+        sparse.timestamp = time("2026-03-01T12:00:00.5Z");
+        let (fast, slow) = both(&sparse);
+        assert_eq!(value(&fast), value(&slow));
+        assert_eq!(fast.len(), slow.len(), "same members, same spelling");
+    }
+
+    #[test]
+    fn times_are_spelled_as_chrono_spells_them() {
+        for t in [
+            "2026-03-01T12:00:00Z",
+            "2026-03-01T12:00:00.1Z",
+            "2026-03-01T12:00:00.123Z",
+            "2026-03-01T12:00:00.000001Z",
+            "2026-03-01T12:00:00.123456789Z",
+            "1970-01-01T00:00:00Z",
+        ] {
+            let t = time(t);
+            let mut o = Vec::new();
+            let mut obj = Obj::open(&mut o);
+            obj.time("t", &t);
+            obj.close();
+            assert_eq!(o, serde_json::to_vec(&serde_json::json!({ "t": t })).unwrap());
+        }
+    }
+
+    #[test]
+    fn strings_are_escaped_only_when_needed() {
+        for s in ["plain", "quote \" here", "back\\slash", "ctl \u{1}", "tab\t", "é ✓", ""] {
+            let mut o = Vec::new();
+            string(&mut o, s);
+            assert_eq!(o, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+    }
+}

@@ -55,9 +55,20 @@ impl Clock for FixedClock {
     }
 }
 
-/// Everything a handler needs; cheap to clone.
+/// Everything a handler needs; one reference count to clone (axum clones
+/// it for every request).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Handles>);
+
+impl std::ops::Deref for AppState {
+    type Target = Handles;
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Handles {
     pub config: Arc<Config>,
     pub publisher: Arc<dyn Publisher>,
     pub clock: Arc<dyn Clock>,
@@ -78,7 +89,7 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
         data_dir: Option<&std::path::Path>,
     ) -> anyhow::Result<AppState> {
-        Ok(AppState {
+        Ok(AppState(Arc::new(Handles {
             posthog: Arc::new(posthog::PosthogState::new(&config)?),
             amplitude: Arc::new(amplitude::AmplitudeState::new(&config, data_dir)?),
             webhooks: Arc::new(webhook::WebhookState::new(&config, data_dir)?),
@@ -86,7 +97,7 @@ impl AppState {
             publisher,
             clock,
             metrics,
-        })
+        })))
     }
 }
 

@@ -1,8 +1,8 @@
 //! The Kafka bus (rdkafka with its bundled librdkafka).
 //!
-//! * Producer: idempotent, `acks=all`; `publish` enqueues every record with
-//!   `send_result` (so they are all in flight together) and resolves when every
-//!   delivery report arrived. Queue full and broker errors are retryable
+//! * Producer: idempotent, `acks=all`; `publish` enqueues every record (so
+//!   they are all in flight together) and resolves when the last delivery
+//!   report arrived: the reports count down one [`Pending`] per publish. Queue full and broker errors are retryable
 //!   (`BusError::Unavailable`, ingress answers 503), message too large is
 //!   `BusError::TooLarge` (413). A producer left fatally broken or fenced
 //!   (Tansu fences it after an outage) is replaced by a fresh one on the next
@@ -25,7 +25,8 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
@@ -52,6 +53,42 @@ impl ClientContext for StatsContext {
 
 impl ConsumerContext for StatsContext {}
 
+/// Delivery reports count down the publish they belong to (see [`Pending`]).
+impl ProducerContext for StatsContext {
+    type DeliveryOpaque = Arc<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Arc<Pending>) {
+        if let Err((e, _)) = result {
+            lock(&pending.error).get_or_insert_with(|| e.clone());
+        }
+        if pending.remaining.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            let outcome = lock(&pending.error).take().map_or(Ok(()), Err);
+            if let Some(done) = lock(&pending.done).take() {
+                let _ = done.send(outcome);
+            }
+        }
+    }
+}
+
+/// One publish's messages inside librdkafka. Each message carries a
+/// reference; the last delivery report answers the publish, with the first
+/// error if any message failed. One allocation and one wake-up per publish,
+/// not per message. If librdkafka drops messages without a report (producer
+/// destroyed), the answer channel closes and the publish fails.
+pub struct Pending {
+    remaining: std::sync::atomic::AtomicUsize,
+    error: std::sync::Mutex<Option<KafkaError>>,
+    done: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Result<(), KafkaError>>>>,
+}
+
+type Answer = tokio::sync::oneshot::Receiver<Result<(), KafkaError>>;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type KafkaProducer = ThreadedProducer<StatsContext>;
+
 pub struct KafkaBus {
     cfg: KafkaConfig,
     publisher: Arc<KafkaPublisher>,
@@ -61,7 +98,7 @@ pub struct KafkaPublisher {
     /// The live producer and its generation. Replaced after a fatal error
     /// (an idempotent producer that is fenced or lost its sequence after a
     /// broker outage never recovers by itself).
-    producer: std::sync::RwLock<(u64, FutureProducer<StatsContext>)>,
+    producer: std::sync::RwLock<(u64, KafkaProducer)>,
     producer_config: ClientConfig,
     cfg: KafkaConfig,
 }
@@ -131,7 +168,7 @@ fn map_err(e: &KafkaError) -> BusError {
 impl KafkaBus {
     pub async fn connect(cfg: &KafkaConfig) -> anyhow::Result<KafkaBus> {
         let pc = producer_config(cfg);
-        let producer: FutureProducer<StatsContext> = pc.create_with_context(StatsContext)?;
+        let producer: KafkaProducer = pc.create_with_context(StatsContext)?;
         if cfg.create_topics {
             ensure_topics(cfg).await?;
         }
@@ -180,14 +217,14 @@ fn broken_producer(code: RDKafkaErrorCode) -> bool {
 }
 
 impl KafkaPublisher {
-    fn current(&self) -> (u64, FutureProducer<StatsContext>) {
+    fn current(&self) -> (u64, KafkaProducer) {
         self.producer.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// After a failed publish: when librdkafka reports the producer fatally
     /// broken, put a fresh one in its place (once per generation), so the
     /// process recovers when the broker does, without a restart.
-    fn replace_if_fatal(&self, generation: u64, failed: &FutureProducer<StatsContext>, error: &KafkaError) {
+    fn replace_if_fatal(&self, generation: u64, failed: &KafkaProducer, error: &KafkaError) {
         let fatal = match failed.client().fatal_error() {
             Some((code, reason)) => format!("{code:?}: {reason}"),
             None if error.rdkafka_error_code().is_some_and(broken_producer) => error.to_string(),
@@ -197,7 +234,7 @@ impl KafkaPublisher {
         if slot.0 != generation {
             return; // another publish replaced it already
         }
-        match self.producer_config.create_with_context::<_, FutureProducer<StatsContext>>(StatsContext) {
+        match self.producer_config.create_with_context::<_, KafkaProducer>(StatsContext) {
             Ok(fresh) => {
                 tracing::warn!(error = %fatal, generation = generation + 1, "Kafka producer hit a fatal error; replaced it");
                 m::producer_replaced();
@@ -208,37 +245,34 @@ impl KafkaPublisher {
     }
 
     /// Hand every record to librdkafka, which copies it into its own queue.
-    fn enqueue(
-        producer: &FutureProducer<StatsContext>,
-        name: &str,
-        records: &[Record],
-    ) -> Result<Vec<DeliveryFuture>, KafkaError> {
-        let mut inflight = Vec::with_capacity(records.len());
+    /// Every record goes in before any report is awaited, so a publish's
+    /// messages are in flight together. A refused message (queue full)
+    /// fails the publish; the ones already enqueued still go out.
+    fn enqueue(producer: &KafkaProducer, name: &str, records: &[Record]) -> Result<Answer, KafkaError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let pending = Arc::new(Pending {
+            remaining: std::sync::atomic::AtomicUsize::new(records.len()),
+            error: std::sync::Mutex::new(None),
+            done: std::sync::Mutex::new(Some(done)),
+        });
         for r in records {
-            let rec = FutureRecord::to(name).key(&r.key).payload(&r.payload);
-            match producer.send_result(rec) {
-                Ok(fut) => inflight.push(fut),
-                Err((e, _)) => return Err(e),
-            }
+            let rec = BaseRecord::with_opaque_to(name, pending.clone()).key(&r.key).payload(&r.payload);
+            producer.send(rec).map_err(|(e, _)| e)?;
         }
-        Ok(inflight)
+        Ok(answer)
     }
 
-    async fn delivered(inflight: Vec<DeliveryFuture>) -> Result<(), KafkaError> {
-        for fut in inflight {
-            match fut.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(e),
-                Err(_) => return Err(KafkaError::Canceled),
-            }
-        }
-        Ok(())
+    async fn delivered(answer: Answer) -> Result<(), KafkaError> {
+        answer.await.unwrap_or(Err(KafkaError::Canceled))
     }
 }
 
 #[async_trait]
 impl Publisher for KafkaPublisher {
     async fn publish(&self, topic: Topic, records: Vec<Record>) -> Result<(), BusError> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let name = topic_name(&self.cfg, topic);
         let (generation, producer) = self.current();
         let enqueued = Self::enqueue(&producer, name, &records);

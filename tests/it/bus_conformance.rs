@@ -182,6 +182,37 @@ async fn kafka_conformance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_publish_answers_for_the_whole_batch() {
+    let Some(brokers) = common::kafka_brokers() else { return };
+    let kafka = KafkaConfig {
+        brokers,
+        topic: common::unique("batch"),
+        dead_letter_topic: common::unique("batch-dlq"),
+        partitions: 3,
+        ..KafkaConfig::default()
+    };
+    let cfg = BusConfig { kind: BusKind::Kafka, kafka, ..BusConfig::default() };
+    let bus = Bus::open(&cfg).await.unwrap();
+    // Nothing to send is not an error and does not wait.
+    tokio::time::timeout(Duration::from_secs(1), bus.publisher.publish(Topic::Events, Vec::new()))
+        .await
+        .expect("an empty publish answers at once")
+        .unwrap();
+    // Many concurrent publishes, each answered once its own records landed.
+    let publishes = (0..20).map(|_| bus.publisher.publish(Topic::Events, records(50, 7)));
+    for result in futures::future::join_all(publishes).await {
+        result.unwrap();
+    }
+    // One record over librdkafka's message.max.bytes fails the publish as
+    // too large, and the producer keeps working.
+    let mut batch = records(3, 1);
+    batch[1].payload = vec![b'x'; 2_000_000];
+    let err = bus.publisher.publish(Topic::Events, batch).await.unwrap_err();
+    assert!(matches!(err, sluice::bus::BusError::TooLarge(_)), "{err:?}");
+    bus.publisher.publish(Topic::Events, records(5, 2)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_unreachable_broker_is_retryable() {
     let Some(_) = common::kafka_brokers() else { return };
     // Nothing listens on this port: publishes must fail as Unavailable (503),

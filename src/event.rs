@@ -189,9 +189,14 @@ pub struct Event<P = Map<String, Value>> {
 impl Event {
     /// A fresh envelope with the required fields set and everything else empty.
     pub fn new(source: Source, source_name: &str, project: &str, kind: Kind, name: &str, now: DateTime<Utc>) -> Event {
+        Event { id: new_id(), ..Event::blank(source, source_name, project, kind, name, now) }
+    }
+
+    /// [`Event::new`] with an empty `id`, for callers that already have one.
+    pub fn blank(source: Source, source_name: &str, project: &str, kind: Kind, name: &str, now: DateTime<Utc>) -> Event {
         Event {
             schema: SCHEMA_VERSION.to_string(),
-            id: new_id(),
+            id: String::new(),
             source,
             source_name: source_name.to_string(),
             project: project.to_string(),

@@ -32,6 +32,10 @@ pub trait Props: Serialize {
     fn value(&self, key: &str) -> Option<Cow<'_, Value>>;
     /// Remove `key`, returning its value.
     fn take(&mut self, key: &str) -> Option<Value>;
+    /// Remove `key`, dropping its value (without parsing it when avoidable).
+    fn discard(&mut self, key: &str) {
+        self.take(key);
+    }
     /// Whether `key` holds an object (without parsing it when avoidable).
     fn holds_object(&self, key: &str) -> bool {
         self.value(key).is_some_and(|v| v.is_object())
@@ -53,6 +57,9 @@ impl Props for RawProps<'_> {
     }
     fn take(&mut self, key: &str) -> Option<Value> {
         self.remove(key)
+    }
+    fn discard(&mut self, key: &str) {
+        self.remove_raw(key);
     }
     fn holds_object(&self, key: &str) -> bool {
         self.raw(key).is_some_and(|v| v.get().starts_with('{'))
@@ -114,10 +121,12 @@ pub fn distinct_id_text(value: &Value) -> Option<String> {
 /// Where the distinct id sits: `distinct_id`, `$distinct_id`, then
 /// `properties.distinct_id` (first non-null wins).
 pub fn find_distinct_id(event: &impl Props, props: &impl Props) -> Option<String> {
-    [event.value("distinct_id"), event.value("$distinct_id"), props.value("distinct_id")]
-        .into_iter()
-        .flatten()
-        .find(|v| !v.is_null())
+    fn present(v: Option<Cow<'_, Value>>) -> Option<Cow<'_, Value>> {
+        v.filter(|v| !v.is_null())
+    }
+    present(event.value("distinct_id"))
+        .or_else(|| present(event.value("$distinct_id")))
+        .or_else(|| present(props.value("distinct_id")))
         .and_then(|v| distinct_id_text(&v))
 }
 
@@ -220,7 +229,7 @@ pub fn envelope<T: Props, P: Props>(
     mut top: T,
     mut props: P,
 ) -> Event<P> {
-    let mut ev = Event::new(Source::Posthog, "posthog", shared.token, kind_of(name), name, shared.now);
+    let mut ev = Event::blank(Source::Posthog, "posthog", shared.token, kind_of(name), name, shared.now);
     ev.id = id;
     ev.distinct_id = Some(distinct_id);
 
@@ -245,7 +254,7 @@ pub fn envelope<T: Props, P: Props>(
         _ => None,
     };
     if let Some(names) = unset_names {
-        props.take("$unset");
+        props.discard("$unset");
         ev.user_properties.unset = names;
     }
 
@@ -256,7 +265,7 @@ pub fn envelope<T: Props, P: Props>(
     ev.user_properties.set_once = set_once;
 
     if let Some(anon) = props.value("$anon_distinct_id").and_then(|v| distinct_id_text(&v)) {
-        props.take("$anon_distinct_id");
+        props.discard("$anon_distinct_id");
         ev.context.anon_distinct_id = Some(anon);
     }
 
@@ -268,8 +277,8 @@ pub fn envelope<T: Props, P: Props>(
     });
     ev.context.library = match lib {
         Some(name) => {
-            props.take("$lib");
-            props.take("$lib_version");
+            props.discard("$lib");
+            props.discard("$lib_version");
             let version = lib_version.or_else(|| shared.library.as_ref().and_then(|l| l.version.clone()));
             Some(Library { name, version })
         }
@@ -278,7 +287,7 @@ pub fn envelope<T: Props, P: Props>(
 
     ev.context.ip = match non_empty_str(props.value("$ip").as_deref()) {
         Some(ip) => {
-            props.take("$ip");
+            props.discard("$ip");
             Some(ip)
         }
         None => shared.ip.clone(),
@@ -290,8 +299,8 @@ pub fn envelope<T: Props, P: Props>(
 
     // Plumbing the envelope already carries elsewhere; the token must not
     // travel on as an event property.
-    props.take("token");
-    props.take("distinct_id");
+    props.discard("token");
+    props.discard("distinct_id");
     ev.with_properties(props)
 }
 

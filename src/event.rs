@@ -193,7 +193,14 @@ impl Event {
     }
 
     /// [`Event::new`] with an empty `id`, for callers that already have one.
-    pub fn blank(source: Source, source_name: &str, project: &str, kind: Kind, name: &str, now: DateTime<Utc>) -> Event {
+    pub fn blank(
+        source: Source,
+        source_name: &str,
+        project: &str,
+        kind: Kind,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Event {
         Event {
             schema: SCHEMA_VERSION.to_string(),
             id: String::new(),

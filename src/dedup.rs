@@ -58,23 +58,94 @@ fn flush_loop(db: std::sync::Weak<Database>) {
     }
 }
 
-/// Ids are held in memory as 128-bit keyed digests, not strings: about 50
-/// bytes per id instead of ~250 (the Amplitude window holds up to a million),
-/// and the per-process random keys leave nobody able to aim a collision.
+/// Ids are held in memory as 128-bit keyed digests, not strings, and the
+/// per-process random keys leave nobody able to aim a collision. Memory per
+/// id (the Amplitude window holds up to a million): a 20-byte map slot
+/// (digest + expiry second) at most half empty, and 16 bytes of eviction
+/// order, about 60 bytes. The map is split in [`SHARDS`] so that growing
+/// it never holds two full-size tables at once (a million ids peaked at
+/// ~115 MB in one map of 128-bit keys and millisecond expiries, ~60 MB so).
 struct Memory {
-    expiry: HashMap<u128, u64>,
+    /// Per shard: digest → expiry, in whole seconds since the epoch,
+    /// rounded up (an id may be remembered up to a second longer).
+    expiry: Vec<HashMap<Digest, u32, BuildDigestHasher>>,
     /// Insertion order, for eviction beyond `max_entries`.
-    order: VecDeque<u128>,
+    order: VecDeque<Digest>,
     keys: (RandomState, RandomState),
 }
 
+type Digest = [u32; 4];
+
+const SHARDS: usize = 16;
+
 impl Memory {
     fn new() -> Memory {
-        Memory { expiry: HashMap::new(), order: VecDeque::new(), keys: (RandomState::new(), RandomState::new()) }
+        Memory {
+            expiry: (0..SHARDS).map(|_| HashMap::default()).collect(),
+            order: VecDeque::new(),
+            keys: (RandomState::new(), RandomState::new()),
+        }
     }
 
-    fn digest(&self, id: &str) -> u128 {
-        (u128::from(self.keys.0.hash_one(id)) << 64) | u128::from(self.keys.1.hash_one(id))
+    fn digest(&self, id: &str) -> Digest {
+        let (a, b) = (self.keys.0.hash_one(id), self.keys.1.hash_one(id));
+        [a as u32, (a >> 32) as u32, b as u32, (b >> 32) as u32]
+    }
+
+    fn shard(&mut self, d: &Digest) -> &mut HashMap<Digest, u32, BuildDigestHasher> {
+        &mut self.expiry[d[3] as usize % SHARDS]
+    }
+
+    fn expiry_of(&self, d: &Digest) -> Option<u32> {
+        self.expiry[d[3] as usize % SHARDS].get(d).copied()
+    }
+
+    fn len(&self) -> usize {
+        self.expiry.iter().map(HashMap::len).sum()
+    }
+
+    /// Insert or refresh; evict the oldest beyond `max`.
+    fn insert(&mut self, d: Digest, exp_ms: u64, max: usize) {
+        if self.shard(&d).insert(d, seconds_up(exp_ms)).is_none() {
+            self.order.push_back(d);
+        }
+        while self.order.len() > max {
+            if let Some(old) = self.order.pop_front() {
+                self.shard(&old).remove(&old);
+            }
+        }
+    }
+}
+
+/// `ms` as whole seconds, rounded up.
+fn seconds_up(ms: u64) -> u32 {
+    u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)
+}
+
+/// Digests are uniformly random already (keyed): the map hashes them by
+/// folding their bytes instead of running SipHash over them again.
+#[derive(Clone, Copy, Default)]
+struct BuildDigestHasher;
+
+impl BuildHasher for BuildDigestHasher {
+    type Hasher = DigestHasher;
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher(0)
+    }
+}
+
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(word);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -140,8 +211,7 @@ impl DedupStore {
         let mut mem = self.lock();
         for (exp, id) in live.into_iter().rev().take(self.max_entries).rev() {
             let d = mem.digest(&id);
-            mem.order.push_back(d);
-            mem.expiry.insert(d, exp);
+            mem.insert(d, exp, self.max_entries);
         }
         Ok(())
     }
@@ -153,7 +223,7 @@ impl DedupStore {
 
     pub fn seen_at(&self, id: &str, now: u64) -> bool {
         let mem = self.lock();
-        let hit = mem.expiry.get(&mem.digest(id)).is_some_and(|&exp| exp > now);
+        let hit = mem.expiry_of(&mem.digest(id)).is_some_and(|exp| u64::from(exp) * 1000 > now);
         drop(mem);
         if hit {
             crate::metrics::dedup_hit(&self.name, 1);
@@ -173,16 +243,9 @@ impl DedupStore {
             let mut mem = self.lock();
             for id in ids {
                 let d = mem.digest(id);
-                if mem.expiry.insert(d, exp).is_none() {
-                    mem.order.push_back(d);
-                }
+                mem.insert(d, exp, self.max_entries);
                 if self.db.is_some() {
                     fresh.push(id.to_string());
-                }
-            }
-            while mem.order.len() > self.max_entries {
-                if let Some(old) = mem.order.pop_front() {
-                    mem.expiry.remove(&old);
                 }
             }
         }
@@ -208,7 +271,7 @@ impl DedupStore {
 
     /// Ids currently held in memory.
     pub fn len(&self) -> usize {
-        self.lock().expiry.len()
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -246,6 +309,23 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert!(!s.seen_at("a", 2_001), "oldest evicted beyond max_entries");
         assert!(s.seen_at("d", 2_001));
+    }
+
+    #[test]
+    fn many_ids_stay_exact_up_to_the_bound() {
+        let s = DedupStore::open("t_many", Duration::from_secs(60), 50_000, None).unwrap();
+        let ids: Vec<String> = (0..60_000).map(|i| format!("insert-{i}")).collect();
+        s.remember_at(ids.iter().map(String::as_str), 1_000);
+        assert_eq!(s.len(), 50_000);
+        assert!(ids[..10_000].iter().all(|id| !s.seen_at(id, 2_000)), "the oldest 10,000 evicted");
+        assert!(ids[10_000..].iter().all(|id| s.seen_at(id, 2_000)));
+        assert!(!s.seen_at("insert-60000", 2_000));
+        // Expiry is kept to the second, rounded up.
+        assert!(s.seen_at("insert-59999", 61_000 - 1));
+        assert!(!s.seen_at("insert-59999", 61_000));
+        s.remember_at(["late"], 1_500);
+        assert!(s.seen_at("late", 61_999), "61.5 s is held as 62 s");
+        assert!(!s.seen_at("late", 62_000));
     }
 
     #[test]

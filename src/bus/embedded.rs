@@ -64,13 +64,27 @@ fn bytes_key(topic: Topic) -> &'static str {
 
 /// Stored record layout: appended-at millis (u64 LE), key length (u32 LE),
 /// key, payload.
+#[cfg(test)]
 fn encode(appended_ms: u64, r: &Record) -> Vec<u8> {
-    let mut v = Vec::with_capacity(12 + r.key.len() + r.payload.len());
-    v.extend_from_slice(&appended_ms.to_le_bytes());
-    v.extend_from_slice(&(r.key.len() as u32).to_le_bytes());
-    v.extend_from_slice(&r.key);
-    v.extend_from_slice(&r.payload);
+    let mut v = vec![0; encoded_len(r)];
+    encode_into(appended_ms, r, &mut v);
     v
+}
+
+fn encoded_len(r: &Record) -> usize {
+    12 + r.key.len() + r.payload.len()
+}
+
+/// Write the stored form into `out` (exactly [`encoded_len`] bytes; the
+/// writer hands redb's reserved slot, so a record is copied once).
+fn encode_into(appended_ms: u64, r: &Record, out: &mut [u8]) {
+    let (ts, rest) = out.split_at_mut(8);
+    let (klen, rest) = rest.split_at_mut(4);
+    let (key, payload) = rest.split_at_mut(r.key.len());
+    ts.copy_from_slice(&appended_ms.to_le_bytes());
+    klen.copy_from_slice(&(r.key.len() as u32).to_le_bytes());
+    key.copy_from_slice(&r.key);
+    payload.copy_from_slice(&r.payload);
 }
 
 fn decode(raw: &[u8]) -> Option<(u64, &[u8], &[u8])> {
@@ -354,9 +368,11 @@ fn commit_group(db: &Database, group: &[WriteRequest], next: &mut [u64; 2]) -> R
         for req in group {
             let i = topic_index(req.topic);
             for r in &req.records {
-                let v = encode(ts, r);
-                added[i] += v.len() as u64;
-                tables[i].insert(seq[i], v.as_slice())?;
+                let len = encoded_len(r);
+                let too_large = || redb::StorageError::ValueTooLarge(len);
+                let mut slot = tables[i].insert_reserve(seq[i], u32::try_from(len).map_err(|_| too_large())?)?;
+                encode_into(ts, r, slot.as_mut());
+                added[i] += len as u64;
                 seq[i] += 1;
             }
         }

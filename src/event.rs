@@ -476,9 +476,14 @@ fn raw_entries<'de, M: serde::de::MapAccess<'de>>(
     mut map: M,
     nested: Option<&str>,
 ) -> Result<(Entries<'de>, Nested<'de>), M::Error> {
-    let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(16));
+    // Nothing reserved up front: a batch of a million `{}` events must not
+    // cost a million allocations (tests/it/hostile_http.rs).
+    let mut entries = Vec::new();
     let mut inner = Nested::Absent;
     while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+        if entries.is_empty() {
+            entries.reserve(map.size_hint().unwrap_or(8));
+        }
         if nested == Some(&*k) {
             inner = map.next_value::<NestedValue<'de>>()?.0;
         } else {

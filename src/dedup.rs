@@ -93,11 +93,11 @@ impl Memory {
     }
 
     fn shard(&mut self, d: &Digest) -> &mut HashMap<Digest, u32, BuildDigestHasher> {
-        &mut self.expiry[d[3] as usize % SHARDS]
+        &mut self.expiry[shard_of(d)]
     }
 
     fn expiry_of(&self, d: &Digest) -> Option<u32> {
-        self.expiry[d[3] as usize % SHARDS].get(d).copied()
+        self.expiry[shard_of(d)].get(d).copied()
     }
 
     fn len(&self) -> usize {
@@ -115,6 +115,10 @@ impl Memory {
             }
         }
     }
+}
+
+fn shard_of(d: &Digest) -> usize {
+    d[3] as usize % SHARDS
 }
 
 /// `ms` as whole seconds, rounded up.

@@ -263,13 +263,7 @@ impl<P: Serialize> Event<P> {
 
     /// The bus record for this event: partition key and JSON payload.
     pub fn to_record(&self) -> crate::bus::Record {
-        self.to_record_sized(512)
-    }
-
-    /// [`Event::to_record`] with room for `bytes` of payload reserved up
-    /// front (no regrowth when the caller knows about how big it will be).
-    pub fn to_record_sized(&self, bytes: usize) -> crate::bus::Record {
-        let mut payload = Vec::with_capacity(bytes);
+        let mut payload = Vec::with_capacity(512);
         // Serializing owned JSON types or validated raw JSON cannot fail.
         let _ = serde_json::to_writer(&mut payload, self);
         crate::bus::Record { key: self.partition_key().into_bytes(), payload }
@@ -277,10 +271,11 @@ impl<P: Serialize> Event<P> {
 }
 
 impl<'a> Event<RawProps<'a>> {
-    /// [`Event::to_record_sized`] through a hand-written writer
+    /// [`Event::to_record`] through a hand-written writer
     /// (`event/json.rs`): the same JSON, with the properties copied as the
     /// client's text ([`RawProps::write_json`]) and no per-character
-    /// escaping calls. The PostHog ingress's hot path.
+    /// escaping calls, `bytes` of payload reserved up front. The PostHog
+    /// ingress's hot path.
     pub fn into_record(self, bytes: usize) -> crate::bus::Record {
         let mut payload = Vec::with_capacity(bytes);
         json::write_event(&self, &mut payload);
@@ -300,9 +295,7 @@ impl<'a> RawProps<'a> {
     /// Parse one JSON object, borrowing every value (and every key without
     /// escapes) from `text`.
     pub fn parse(text: &'a str) -> Result<RawProps<'a>, serde_json::Error> {
-        let mut props: RawProps<'a> = serde_json::from_str(text)?;
-        props.keep_last_of_each_key();
-        Ok(props)
+        serde_json::from_str(text)
     }
 
     /// Write the object as JSON: values verbatim, and keys verbatim too
@@ -376,11 +369,6 @@ impl<'a> RawProps<'a> {
     pub fn remove(&mut self, key: &str) -> Option<Value> {
         self.remove_raw(key).and_then(|v| serde_json::from_str(v.get()).ok())
     }
-
-    /// The parsed object.
-    pub fn to_map(&self) -> Result<Map<String, Value>, serde_json::Error> {
-        self.entries().map(|(k, v)| Ok((k.to_string(), serde_json::from_str(v.get())?))).collect()
-    }
 }
 
 impl Serialize for RawProps<'_> {
@@ -403,14 +391,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawProps<'a> {
                 f.write_str("a JSON object")
             }
             fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<RawProps<'de>, M::Error> {
-                Ok(RawProps(raw_entries(map, None)?.0))
+                let mut props = RawProps(raw_entries(map, None)?.0);
+                props.keep_last_of_each_key();
+                Ok(props)
             }
         }
         deserializer.deserialize_map(Visit)
     }
 }
 
-/// The value of the key [`RawProps::parse_split`] reads as an object of its own.
+/// The value of the key [`RawProps::split_entries`] reads as an object of its own.
 #[derive(Debug)]
 pub enum Nested<'a> {
     Absent,
@@ -421,29 +411,10 @@ pub enum Nested<'a> {
 }
 
 impl<'a> RawProps<'a> {
-    /// Like [`RawProps::parse`], reading `nested`'s value (an object, say an
-    /// event's `properties`) as raw entries of its own in the same pass,
-    /// instead of as one raw value to parse again.
-    pub fn parse_split(text: &'a str, nested: &str) -> Result<(RawProps<'a>, Nested<'a>), serde_json::Error> {
-        struct Visit<'k>(&'k str);
-        impl<'de> serde::de::Visitor<'de> for Visit<'_> {
-            type Value = (RawProps<'de>, Nested<'de>);
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
-                RawProps::split_entries(map, self.0)
-            }
-        }
-        let mut de = serde_json::Deserializer::from_str(text);
-        let out = serde::Deserializer::deserialize_map(&mut de, Visit(nested))?;
-        de.end()?;
-        Ok(out)
-    }
-
-    /// [`RawProps::parse_split`] for a visitor already inside the object,
-    /// so objects nested in a bigger document (the events of a batch) are
-    /// split in the document's one pass.
+    /// For a visitor inside an object (an event of a batch): its entries as
+    /// raw values, except `nested`'s value (the event's `properties`), read
+    /// as raw entries of its own in the same pass instead of as one raw
+    /// value to parse again.
     pub fn split_entries<'de, M: serde::de::MapAccess<'de>>(
         map: M,
         nested: &str,
@@ -630,7 +601,7 @@ mod tests {
         assert_eq!(raw.len(), 3, "the repeated key keeps one entry");
         assert_eq!(raw.get("b"), Some(Value::from("last")));
         let parsed: Map<String, Value> = serde_json::from_str(text).unwrap();
-        assert_eq!(raw.to_map().unwrap(), parsed);
+        assert_eq!(serde_json::to_value(&raw).unwrap(), Value::Object(parsed.clone()));
         let mut e = sample();
         e.properties = parsed;
         let raw_event = e.clone().with_properties(raw);

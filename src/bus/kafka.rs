@@ -1,8 +1,9 @@
 //! The Kafka bus (rdkafka with its bundled librdkafka).
 //!
-//! * Producer: idempotent, `acks=all`; `publish` enqueues every record (so
-//!   they are all in flight together) and resolves when the last delivery
-//!   report arrived: the reports count down one [`Pending`] per publish. Queue full and broker errors are retryable
+//! * Producer: idempotent, `acks=all`, lz4; `publish` enqueues every record
+//!   (so they are all in flight together) and resolves when the last
+//!   delivery report arrived: the reports count down one [`Pending`] per
+//!   publish. Queue full and broker errors are retryable
 //!   (`BusError::Unavailable`, ingress answers 503), message too large is
 //!   `BusError::TooLarge` (413). A producer left fatally broken or fenced
 //!   (Tansu fences it after an outage) is replaced by a fresh one on the next
@@ -261,10 +262,6 @@ impl KafkaPublisher {
         }
         Ok(answer)
     }
-
-    async fn delivered(answer: Answer) -> Result<(), KafkaError> {
-        answer.await.unwrap_or(Err(KafkaError::Canceled))
-    }
 }
 
 #[async_trait]
@@ -280,7 +277,8 @@ impl Publisher for KafkaPublisher {
         // delivery reports does not keep a second one.
         drop(records);
         let result = match enqueued {
-            Ok(inflight) => Self::delivered(inflight).await,
+            // A closed channel: librdkafka dropped messages unreported.
+            Ok(answer) => answer.await.unwrap_or(Err(KafkaError::Canceled)),
             Err(e) => Err(e),
         };
         result.map_err(|e| {

@@ -321,7 +321,7 @@ fn parse_body(text: &str) -> Result<ParsedBody<'_>, IngressError> {
 /// One event after the request-level checks: its name decided, its JSON
 /// object split from `properties`, which stay the request's raw JSON.
 struct Wire<'a> {
-    /// Bytes of the event's JSON in the request (the envelope is about as big).
+    /// The event's size as compact JSON (the envelope is about as big).
     size: usize,
     name: String,
     /// The event's fields but `properties`, parsed only where read.

@@ -309,3 +309,25 @@ fn properties_that_are_not_an_object_are_refused() {
     let no_props = r#"{"api_key":"phc_t","event":"e","distinct_id":"u"}"#;
     assert_eq!(run_text(no_props).expect("no properties").len(), 1);
 }
+
+/// The per-event limit counts the event as compact JSON: exactly the limit
+/// passes, one byte more is 413, and whitespace the client adds is not
+/// counted.
+#[test]
+fn the_event_limit_counts_compact_json() {
+    let with_value = |len: usize, gap: &str| {
+        format!(
+            r#"{{"api_key":"phc_t",{gap}"event":"e",{gap}"distinct_id":"u",{gap}"properties":{{"b":"{}"}}}}"#,
+            "x".repeat(len)
+        )
+    };
+    let overhead = with_value(0, "").len();
+    let exact = EVENT_SIZE_LIMIT - overhead;
+    assert_eq!(with_value(exact, "").len(), EVENT_SIZE_LIMIT);
+    assert_eq!(run_text(&with_value(exact, "")).expect("exactly the limit").len(), 1);
+    let err = run_text(&with_value(exact + 1, "")).unwrap_err();
+    assert_eq!((err.status().as_u16(), err.reason()), (413, "too_large"));
+    let spaced = with_value(exact, "\n    ");
+    assert!(spaced.len() > EVENT_SIZE_LIMIT);
+    assert_eq!(run_text(&spaced).expect("whitespace is not counted").len(), 1);
+}

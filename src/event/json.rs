@@ -111,10 +111,7 @@ impl<'o> Obj<'o> {
     }
 
     fn time(&mut self, name: &str, t: &DateTime<Utc>) {
-        // chrono's own `Serialize` writes this format (RFC 3339, `Z`,
-        // fractional seconds only as precise as needed).
-        let text = t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
-        string(self.key(name), &text);
+        rfc3339(self.key(name), t);
     }
 
     fn map(&mut self, name: &str, map: &Map<String, Value>) {
@@ -129,6 +126,47 @@ impl<'o> Obj<'o> {
     fn close(self) {
         self.out.push(b'}');
     }
+}
+
+/// `t` as a JSON string the way chrono's own `Serialize` writes it (RFC 3339,
+/// `Z`, fractional seconds in groups of three digits, only as many as
+/// needed). Written digit by digit: chrono's formatter was 3 % of the
+/// PostHog decode. Years outside 0–9999 and leap seconds go through chrono.
+fn rfc3339(out: &mut Vec<u8>, t: &DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    let nanos = t.nanosecond();
+    let year = t.year();
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        string(out, &t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+        return;
+    }
+    let two = |v: u32| [b'0' + (v / 10 % 10) as u8, b'0' + (v % 10) as u8];
+    let y = year as u32;
+    let [y0, y1] = two(y / 100);
+    let [y2, y3] = two(y % 100);
+    let [mo0, mo1] = two(t.month());
+    let [d0, d1] = two(t.day());
+    let [h0, h1] = two(t.hour());
+    let [mi0, mi1] = two(t.minute());
+    let [s0, s1] = two(t.second());
+    out.extend_from_slice(&[
+        b'"', y0, y1, y2, y3, b'-', mo0, mo1, b'-', d0, d1, b'T', h0, h1, b':', mi0, mi1, b':', s0, s1,
+    ]);
+    let (mut fraction, digits) = match nanos {
+        0 => (0, 0),
+        n if n % 1_000_000 == 0 => (n / 1_000_000, 3),
+        n if n % 1_000 == 0 => (n / 1_000, 6),
+        n => (n, 9),
+    };
+    if digits > 0 {
+        let mut f = [b'.'; 10];
+        for at in (1..=digits).rev() {
+            f[at] = b'0' + (fraction % 10) as u8;
+            fraction /= 10;
+        }
+        out.extend_from_slice(&f[..=digits]);
+    }
+    out.extend_from_slice(b"Z\"");
 }
 
 /// A JSON string: copied as is when nothing in it needs an escape (the
@@ -249,9 +287,22 @@ mod tests {
             "2026-03-01T12:00:00.123Z",
             "2026-03-01T12:00:00.000001Z",
             "2026-03-01T12:00:00.123456789Z",
+            "2026-03-01T12:00:00.120000Z",
+            "2026-03-01T12:00:00.000100000Z",
+            "2026-03-01T12:00:00.999999999Z",
+            "2026-12-31T23:59:59.010Z",
             "1970-01-01T00:00:00Z",
-        ] {
-            let t = time(t);
+            "0000-01-01T00:00:00Z",
+            "0999-09-09T09:09:09.9Z",
+            "9999-12-31T23:59:59.999Z",
+            "2016-12-31T23:59:60.5Z",
+        ]
+        .into_iter()
+        .map(time)
+        .chain([
+            DateTime::from_timestamp(253_402_300_800, 7).unwrap(),
+            DateTime::from_timestamp(-62_167_219_201, 0).unwrap(),
+        ]) {
             let mut o = Vec::new();
             let mut obj = Obj::open(&mut o);
             obj.time("t", &t);

@@ -424,16 +424,20 @@ impl DedupStore {
 
     pub fn remember_at<'a>(&self, ids: impl IntoIterator<Item = &'a str>, now: u64) {
         let exp = now + self.window_ms;
-        let ids: Vec<&str> = ids.into_iter().collect();
-        {
+        let remember = |ids: &mut dyn Iterator<Item = &'a str>| {
             let mut mem = self.lock();
-            for id in &ids {
+            for id in ids {
                 let d = mem.digest(id);
                 mem.insert(d, exp, self.max_entries);
             }
-        }
-        if let Some(p) = &self.persist {
-            p.queue(&self.name, exp, ids.into_iter());
+        };
+        match &self.persist {
+            None => remember(&mut ids.into_iter()),
+            Some(p) => {
+                let ids: Vec<&str> = ids.into_iter().collect();
+                remember(&mut ids.iter().copied());
+                p.queue(&self.name, exp, ids.into_iter());
+            }
         }
     }
 

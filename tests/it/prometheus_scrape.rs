@@ -176,3 +176,20 @@ async fn a_refused_request_is_logged_with_its_request_id_and_without_its_payload
     assert!(text.contains("missing_distinct_id"), "reason missing from {text}");
     assert!(!sluice.logs().contains(marker), "the payload reached the log:\n{}", sluice.logs());
 }
+
+/// The exporter keeps histogram samples until something folds them into
+/// buckets; without the upkeep thread a Sluice nobody scrapes grew ~1.2 MB/s
+/// under load (BENCHMARKS.md). The binary must start it with the recorder.
+#[test]
+fn the_binary_folds_histograms_without_a_scrape() {
+    let sluice = Sluice::start("serve", CONFIG);
+    sluice.wait_healthy(Duration::from_secs(30));
+    let tasks = format!("/proc/{}/task", sluice.child.id());
+    let names: Vec<String> = std::fs::read_dir(&tasks)
+        .unwrap_or_else(|e| panic!("{tasks}: {e}"))
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    // Thread names are cut to 15 bytes in /proc.
+    assert!(names.iter().any(|n| n == "sluice-metrics-"), "no metrics upkeep thread among {names:?}");
+}

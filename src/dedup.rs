@@ -143,11 +143,7 @@ impl Persist {
             }
             let table_name = batch_table(&name);
             let mut t = txn.open_table(BatchTable::new(&table_name))?;
-            let next = t.last()?.map_or(0, |(k, _)| k.value() + 1);
-            for (key, value) in (next..).zip(split_batches(&q.buf)) {
-                t.insert(key, value)?;
-                wrote = true;
-            }
+            wrote |= append_batches(&mut t, &q.buf)?;
             // Batches are in append order and each id's window is the same,
             // so the first batch is the soonest to expire.
             loop {
@@ -164,6 +160,18 @@ impl Persist {
         }
         Ok(())
     }
+}
+
+/// Append encoded ids to a store's table as batches after its last one;
+/// whether anything was written.
+fn append_batches(t: &mut redb::Table<'_, u64, &'static [u8]>, buf: &[u8]) -> anyhow::Result<bool> {
+    let next = t.last()?.map_or(0, |(k, _)| k.value() + 1);
+    let mut wrote = false;
+    for (key, value) in (next..).zip(split_batches(buf)) {
+        t.insert(key, value)?;
+        wrote = true;
+    }
+    Ok(wrote)
 }
 
 /// Append one id in the stored layout. Ids come from request bodies, far
@@ -380,14 +388,11 @@ impl DedupStore {
             {
                 let table_name = batch_table(&self.name);
                 let mut t = txn.open_table(BatchTable::new(&table_name))?;
-                let next = t.last()?.map_or(0, |(k, _)| k.value() + 1);
                 let mut buf = Vec::new();
                 for (exp, id) in &legacy {
                     encode_id(&mut buf, *exp, id);
                 }
-                for (i, value) in split_batches(&buf).enumerate() {
-                    t.insert(next + i as u64, value)?;
-                }
+                append_batches(&mut t, &buf)?;
             }
             txn.delete_table(LegacyTable::new(&self.name))?;
             txn.commit()?;
@@ -424,20 +429,16 @@ impl DedupStore {
 
     pub fn remember_at<'a>(&self, ids: impl IntoIterator<Item = &'a str>, now: u64) {
         let exp = now + self.window_ms;
-        let remember = |ids: &mut dyn Iterator<Item = &'a str>| {
-            let mut mem = self.lock();
-            for id in ids {
-                let d = mem.digest(id);
-                mem.insert(d, exp, self.max_entries);
-            }
-        };
+        let mut mem = self.lock();
+        let ids = ids.into_iter().inspect(|id| {
+            let d = mem.digest(id);
+            mem.insert(d, exp, self.max_entries);
+        });
+        // Into memory as they go by; queued for the file too on the embedded
+        // bus (the flush thread only ever takes the queue's lock).
         match &self.persist {
-            None => remember(&mut ids.into_iter()),
-            Some(p) => {
-                let ids: Vec<&str> = ids.into_iter().collect();
-                remember(&mut ids.iter().copied());
-                p.queue(&self.name, exp, ids.into_iter());
-            }
+            Some(p) => p.queue(&self.name, exp, ids),
+            None => ids.for_each(|_| {}),
         }
     }
 
@@ -531,7 +532,16 @@ mod tests {
         // Times on the real clock: the background flush (every second) may
         // run in between, and must find the same ids alive.
         let t0 = now_ms();
-        s.remember_at(["a", "b"], t0 + 1_000);
+        {
+            // Holding the flush lock keeps the background flush out: what
+            // `remember` did is all there is to see.
+            let _no_flush = p.flushing.lock().unwrap();
+            s.remember_at(["a", "b"], t0 + 1_000);
+            assert!(stored_batches(&p, "t_batches").is_empty(), "remember wrote to the file");
+            let queued = p.pending.queues.lock().unwrap()["t_batches"].buf.clone();
+            let queued: Vec<(u64, &str)> = batch_ids(&queued).collect();
+            assert_eq!(queued, vec![(t0 + 11_000, "a"), (t0 + 11_000, "b")]);
+        }
         s.remember_at(["c"], t0 + 2_000);
         p.flush(t0 + 5_000).unwrap();
         let batches = stored_batches(&p, "t_batches");

@@ -81,8 +81,8 @@ const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The exporter keeps every histogram sample until it is folded into the
 /// buckets, which only a scrape or an upkeep run does: without this thread
-/// a Sluice nobody scrapes grew by every request's samples (~1 GB an hour at
-/// 10,000 requests/s).
+/// a Sluice nobody scrapes grew by every request's samples (~1.2 MB/s under
+/// PostHog load, BENCHMARKS.md).
 fn spawn_upkeep(handle: PrometheusHandle) {
     let spawned = std::thread::Builder::new().name("sluice-metrics-upkeep".into()).spawn(move || loop {
         std::thread::sleep(UPKEEP_INTERVAL);

@@ -136,35 +136,29 @@ impl<'a> Chunk<'a> {
 
     /// The records in order; `None` for a record the value is too short for.
     fn records(&self) -> impl Iterator<Item = Option<(&'a [u8], &'a [u8])>> + '_ {
-        let mut rest = match self.body {
-            Body::Chunk(b) => Some(b),
-            Body::Single(..) => None,
-        };
-        let single = match self.body {
-            Body::Single(k, p) => Some(Some((k, p))),
-            Body::Chunk(_) => None,
+        let (single, mut rest) = match self.body {
+            Body::Single(k, p) => (Some(Some((k, p))), None),
+            Body::Chunk(b) => (None, Some(b)),
         };
         let chunked = (0..self.count).map_while(move |_| {
-            let b = rest?;
-            let parsed = (|| {
-                let (klen, plen) = (u32_at(b, 0)?, u32_at(b, 4)?);
-                let key = b.get(8..8 + klen)?;
-                let payload = b.get(8 + klen..8 + klen + plen)?;
-                Some((key, payload, &b[8 + klen + plen..]))
-            })();
-            match parsed {
-                Some((k, p, tail)) => {
-                    rest = Some(tail);
-                    Some(Some((k, p)))
-                }
-                None => {
-                    rest = None;
-                    Some(None)
-                }
-            }
+            // After a damaged record `rest` stays empty: one `None`, then the end.
+            let (key, payload, tail) = match split_record(rest.take()?) {
+                Some(r) => r,
+                None => return Some(None),
+            };
+            rest = Some(tail);
+            Some(Some((key, payload)))
         });
         single.into_iter().chain(chunked)
     }
+}
+
+/// The first record of a chunk's body: key, payload and what follows.
+fn split_record(b: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let (klen, plen) = (u32_at(b, 0)?, u32_at(b, 4)?);
+    let key = b.get(8..8 + klen)?;
+    let payload = b.get(8 + klen..8 + klen + plen)?;
+    Some((key, payload, &b[8 + klen + plen..]))
 }
 
 fn now_ms() -> u64 {
@@ -353,8 +347,9 @@ impl EmbeddedLog {
     }
 
     /// Apply retention now (also runs every few seconds in the background).
+    /// Returns how many records were deleted.
     pub fn enforce_retention(&self) -> Result<u64, BusError> {
-        self.inner.enforce_retention()
+        self.inner.enforce_retention().map(|r| r.deleted)
     }
 }
 
@@ -482,10 +477,17 @@ fn retention_loop(inner: std::sync::Weak<Inner>) {
     }
 }
 
+/// What one retention pass deleted: records, and of those how many the
+/// forwarder had not acknowledged yet.
+#[derive(Debug, PartialEq, Eq)]
+struct Retained {
+    deleted: u64,
+    unacked: u64,
+}
+
 impl Inner {
-    /// Delete the oldest event records past the size or age bound. Returns
-    /// how many were deleted.
-    fn enforce_retention(&self) -> Result<u64, BusError> {
+    /// Delete the oldest event chunks past the size or age bound.
+    fn enforce_retention(&self) -> Result<Retained, BusError> {
         let max_bytes = self.cfg.retention_max_bytes;
         let oldest_kept = now_ms().saturating_sub(self.cfg.retention_max_age_secs.saturating_mul(1000));
         let db = self.store.db()?;
@@ -527,7 +529,7 @@ impl Inner {
             Ok((deleted, unacked, freed))
         })())?;
         if deleted == 0 {
-            return Ok(0);
+            return Ok(Retained { deleted, unacked });
         }
         let total =
             self.stored_bytes.fetch_sub(freed.min(self.stored_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
@@ -539,7 +541,7 @@ impl Inner {
                 "embedded log retention deleted events the forwarder had not delivered yet"
             );
         }
-        Ok(deleted)
+        Ok(Retained { deleted, unacked })
     }
 }
 
@@ -895,6 +897,21 @@ mod tests {
             log.publish(Topic::DeadLetters, vec![Record { key: vec![i], payload: vec![i] }]).await.unwrap();
             drop(log);
         }
+    }
+
+    /// A chunk is deleted whole; of its records only those at or after the
+    /// acknowledged position count as undelivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_of_a_chunk_counts_only_its_unacknowledged_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = EmbeddedConfig { retention_max_bytes: 0, ..EmbeddedConfig::default() };
+        let log = EmbeddedLog::open(dir.path(), cfg).unwrap();
+        let recs: Vec<Record> = (0..5).map(|i| rec(&[i], &[i; 10])).collect();
+        log.publish(Topic::Events, recs).await.unwrap();
+        let mut sub = log.open(Topic::Events).await.unwrap();
+        let got = sub.poll(2, Duration::from_secs(1)).await.unwrap();
+        sub.ack(&got.iter().map(|m| m.position).collect::<Vec<_>>()).await.unwrap();
+        assert_eq!(log.inner.enforce_retention().unwrap(), Retained { deleted: 5, unacked: 3 });
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

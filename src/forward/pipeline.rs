@@ -60,8 +60,9 @@ const BACKLOG_LINGER_FACTOR: u32 = 30;
 struct Unfinished {
     position: Position,
     /// The envelope as it came off the bus, decoded again only for a dead
-    /// letter: holding the decoded event instead cost ~15 KB per buffered
-    /// Amplitude envelope (47 MB of `sluice serve`'s peak RSS).
+    /// letter: holding the decoded event instead (its properties as
+    /// `serde_json::Value`s) added 15–25 MB to `sluice serve`'s peak RSS
+    /// under Amplitude load (BENCHMARKS.md).
     payload: Vec<u8>,
     id: String,
     source: Source,

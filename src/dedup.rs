@@ -25,6 +25,7 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use hashbrown::HashTable;
 use redb::{Database, Durability, ReadableTable, TableDefinition, TableHandle};
 
 /// The layout before batches: id → expiry (ms since epoch), one table per
@@ -222,19 +223,32 @@ fn batch_ids(mut raw: &[u8]) -> impl Iterator<Item = (u64, &str)> {
 }
 
 /// Ids are held in memory as 128-bit keyed digests, not strings, and the
-/// per-process random keys leave nobody able to aim a collision. Memory per
-/// id (the Amplitude window holds up to a million): a 20-byte map slot
-/// (digest + expiry second) at most half empty, and 16 bytes of eviction
-/// order, about 60 bytes. The map is split in [`SHARDS`] so that growing
-/// it never holds two full-size tables at once (a million ids peaked at
-/// ~115 MB in one map of 128-bit keys and millisecond expiries, ~60 MB so).
+/// per-process random keys leave nobody able to aim a collision.
+///
+/// Every id has the same window, so insertion order is also expiry order:
+/// the ids live in one queue, oldest first (digest + expiry second, 20
+/// bytes), and the lookup tables hold only each id's position in it (4
+/// bytes and a control byte per bucket). About 30 bytes per id in all,
+/// against ~60 for a map of digest → expiry beside a queue of digests (the
+/// Amplitude window holds up to a million). The tables are split in
+/// [`SHARDS`] so that growing them never holds two full-size tables at once.
 struct Memory {
-    /// Per shard: digest → expiry, in whole seconds since the epoch,
-    /// rounded up (an id may be remembered up to a second longer).
-    expiry: Vec<HashMap<Digest, u32, BuildDigestHasher>>,
-    /// Insertion order, for eviction beyond `max_entries`.
-    order: VecDeque<Digest>,
+    /// Oldest first; evicted from the front beyond `max_entries`.
+    queue: VecDeque<Slot>,
+    /// Sequence number of `queue[0]`; `queue[i]` has `head + i`. Wrapping:
+    /// the queue is far shorter than 2³¹, so differences stay exact.
+    head: u32,
+    /// Per shard: sequence numbers of the queued ids, found by digest.
+    index: Vec<HashTable<u32>>,
     keys: (RandomState, RandomState),
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    digest: Digest,
+    /// Whole seconds since the epoch, rounded up (an id may be remembered
+    /// up to a second longer).
+    expiry: u32,
 }
 
 type Digest = [u32; 4];
@@ -243,9 +257,14 @@ const SHARDS: usize = 16;
 
 impl Memory {
     fn new() -> Memory {
+        Memory::starting_at(0)
+    }
+
+    fn starting_at(head: u32) -> Memory {
         Memory {
-            expiry: (0..SHARDS).map(|_| HashMap::default()).collect(),
-            order: VecDeque::new(),
+            queue: VecDeque::new(),
+            head,
+            index: (0..SHARDS).map(|_| HashTable::new()).collect(),
             keys: (RandomState::new(), RandomState::new()),
         }
     }
@@ -255,29 +274,56 @@ impl Memory {
         [a as u32, (a >> 32) as u32, b as u32, (b >> 32) as u32]
     }
 
-    fn shard(&mut self, d: &Digest) -> &mut HashMap<Digest, u32, BuildDigestHasher> {
-        &mut self.expiry[shard_of(d)]
+    /// The queue position of `d`, if held.
+    fn position(&self, d: &Digest) -> Option<usize> {
+        let (queue, head) = (&self.queue, self.head);
+        self.index[shard_of(d)]
+            .find(table_hash(d), |&seq| queue[seq.wrapping_sub(head) as usize].digest == *d)
+            .map(|&seq| seq.wrapping_sub(head) as usize)
     }
 
     fn expiry_of(&self, d: &Digest) -> Option<u32> {
-        self.expiry[shard_of(d)].get(d).copied()
+        self.position(d).map(|i| self.queue[i].expiry)
     }
 
     fn len(&self) -> usize {
-        self.expiry.iter().map(HashMap::len).sum()
+        self.queue.len()
     }
 
-    /// Insert or refresh; evict the oldest beyond `max`.
+    /// Insert or refresh (a refreshed id keeps its place in the queue);
+    /// evict the oldest beyond `max`.
     fn insert(&mut self, d: Digest, exp_ms: u64, max: usize) {
-        if self.shard(&d).insert(d, seconds_up(exp_ms)).is_none() {
-            self.order.push_back(d);
+        let expiry = seconds_up(exp_ms);
+        if let Some(i) = self.position(&d) {
+            self.queue[i].expiry = expiry;
+            return;
         }
-        while self.order.len() > max {
-            if let Some(old) = self.order.pop_front() {
-                self.shard(&old).remove(&old);
-            }
+        while self.queue.len() >= max.max(1) {
+            self.evict_oldest();
         }
+        let seq = self.head.wrapping_add(self.queue.len() as u32);
+        self.queue.push_back(Slot { digest: d, expiry });
+        let (queue, head) = (&self.queue, self.head);
+        self.index[shard_of(&d)].insert_unique(table_hash(&d), seq, |&s| {
+            table_hash(&queue[s.wrapping_sub(head) as usize].digest)
+        });
     }
+
+    fn evict_oldest(&mut self) {
+        let Some(old) = self.queue.front().map(|s| s.digest) else { return };
+        let head = self.head;
+        if let Ok(entry) = self.index[shard_of(&old)].find_entry(table_hash(&old), |&seq| seq == head) {
+            entry.remove();
+        }
+        self.queue.pop_front();
+        self.head = self.head.wrapping_add(1);
+    }
+}
+
+/// Digests are uniformly random already (keyed): the tables use two of
+/// their words as the hash, and a third picks the shard.
+fn table_hash(d: &Digest) -> u64 {
+    u64::from(d[0]) | u64::from(d[1]) << 32
 }
 
 fn shard_of(d: &Digest) -> usize {
@@ -287,33 +333,6 @@ fn shard_of(d: &Digest) -> usize {
 /// `ms` as whole seconds, rounded up.
 fn seconds_up(ms: u64) -> u32 {
     u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)
-}
-
-/// Digests are uniformly random already (keyed): the map hashes them by
-/// folding their bytes instead of running SipHash over them again.
-#[derive(Clone, Copy, Default)]
-struct BuildDigestHasher;
-
-impl BuildHasher for BuildDigestHasher {
-    type Hasher = DigestHasher;
-    fn build_hasher(&self) -> DigestHasher {
-        DigestHasher(0)
-    }
-}
-
-struct DigestHasher(u64);
-
-impl std::hash::Hasher for DigestHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(word);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 /// A bounded, windowed set of ids; cheap to share behind an `Arc`.
@@ -498,6 +517,47 @@ mod tests {
         s.remember_at(["late"], 1_500);
         assert!(s.seen_at("late", 61_999), "61.5 s is held as 62 s");
         assert!(!s.seen_at("late", 62_000));
+    }
+
+    /// Positions are wrapping sequence numbers: lookups, refreshes and
+    /// evictions stay exact across the wrap.
+    #[test]
+    fn queue_positions_wrap() {
+        let mut m = Memory::starting_at(u32::MAX - 3);
+        let ds: Vec<Digest> = (0..10).map(|i| m.digest(&format!("id-{i}"))).collect();
+        for (i, d) in ds.iter().enumerate() {
+            m.insert(*d, 1_000 * (i as u64 + 1), 6);
+        }
+        // 10 inserted, 6 kept: the head passed u32::MAX on the way.
+        assert_eq!(m.len(), 6);
+        assert_eq!(m.head, (u32::MAX - 3).wrapping_add(4));
+        assert!(ds[..4].iter().all(|d| m.expiry_of(d).is_none()));
+        assert_eq!(ds[4..].iter().map(|d| m.expiry_of(d).unwrap()).collect::<Vec<_>>(), vec![5, 6, 7, 8, 9, 10]);
+        // A refresh changes the expiry in place: the id is still the oldest.
+        m.insert(ds[4], 60_000, 6);
+        assert_eq!(m.expiry_of(&ds[4]), Some(60));
+        m.insert(m.digest("new"), 11_000, 6);
+        assert!(m.expiry_of(&ds[4]).is_none(), "evicted in insertion order, refresh or not");
+        assert_eq!(m.expiry_of(&ds[5]), Some(6));
+        assert_eq!(m.index.iter().map(HashTable::len).sum::<usize>(), 6, "one table entry per queued id");
+    }
+
+    /// What a million ids cost: the queue and the tables' allocations.
+    #[test]
+    fn a_million_ids_take_about_thirty_bytes_each() {
+        let mut m = Memory::new();
+        for i in 0..1_200_000u32 {
+            let d = m.digest(&format!("insert-{i}"));
+            m.insert(d, 60_000, 1_000_000);
+        }
+        assert_eq!(m.len(), 1_000_000);
+        let bytes = m.queue.capacity() * std::mem::size_of::<Slot>()
+            + m.index.iter().map(HashTable::allocation_size).sum::<usize>();
+        let per_id = bytes / m.len();
+        // The map of digest → expiry beside a queue of digests took ~60.
+        assert!((24..=36).contains(&per_id), "{per_id} bytes per id");
+        assert!(m.expiry_of(&m.digest("insert-199999")).is_none());
+        assert_eq!(m.expiry_of(&m.digest("insert-200000")), Some(60));
     }
 
     #[test]

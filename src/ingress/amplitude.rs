@@ -133,14 +133,17 @@ async fn handle_upload(state: &AppState, raw: RawRequest) -> Response {
         Ok(u) => u,
         Err(e) => return refuse(SOURCE, Dialect::Amplitude, e, 1),
     };
-    let n = upload.events.len();
-    m::request_size(SOURCE, raw.body.len(), n);
+    let (n, body_len) = (upload.events.len(), raw.body.len());
+    m::request_size(SOURCE, body_len, n);
     if let Err(e) = state.amplitude.check_key(&upload.api_key) {
         return refuse(SOURCE, Dialect::Amplitude, e, n);
     }
     let origin = Origin { api_key: &upload.api_key, received_at, peer_ip: raw.peer.map(|p| p.ip().to_string()) };
+    // The events own their data now: the body (and the connection's read
+    // buffer it points into) is not held while the publish waits.
+    drop(raw);
     match validate_and_normalize(upload.events, upload.min_id_length, &origin) {
-        Ok(accepted) => ingest(state, &upload.api_key, accepted, raw.body.len(), received_at).await,
+        Ok(accepted) => ingest(state, &upload.api_key, accepted, body_len, received_at).await,
         Err(e) => refuse(SOURCE, Dialect::Amplitude, e, n),
     }
 }

@@ -467,6 +467,12 @@ fn commit_group(db: &Database, group: &[WriteRequest], next: &mut [u64; 2]) -> R
     Ok(added[0])
 }
 
+/// Bytes one retention transaction deletes (about): a backlog of gigabytes
+/// is deleted in several transactions, so the writer's group commits (which
+/// wait for redb's write lock) go on in between instead of stalling for the
+/// whole deletion.
+const RETENTION_STEP_BYTES: u64 = 64 << 20;
+
 fn retention_loop(inner: std::sync::Weak<Inner>) {
     loop {
         std::thread::sleep(Duration::from_secs(5));
@@ -486,12 +492,46 @@ struct Retained {
 }
 
 impl Inner {
-    /// Delete the oldest event chunks past the size or age bound.
+    /// Delete the oldest event chunks past the size or age bound, at most
+    /// [`RETENTION_STEP_BYTES`] per transaction.
     fn enforce_retention(&self) -> Result<Retained, BusError> {
-        let max_bytes = self.cfg.retention_max_bytes;
+        self.enforce_retention_by(RETENTION_STEP_BYTES)
+    }
+
+    fn enforce_retention_by(&self, step_bytes: u64) -> Result<Retained, BusError> {
         let oldest_kept = now_ms().saturating_sub(self.cfg.retention_max_age_secs.saturating_mul(1000));
+        let (mut deleted, mut unacked, mut freed) = (0, 0, 0);
+        loop {
+            let step = self.retention_step(oldest_kept, step_bytes)?;
+            deleted += step.0;
+            unacked += step.1;
+            freed += step.2;
+            if step.2 < step_bytes {
+                break;
+            }
+        }
+        if deleted == 0 {
+            return Ok(Retained { deleted, unacked });
+        }
+        let total =
+            self.stored_bytes.fetch_sub(freed.min(self.stored_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+        m::embedded_log_bytes(total.saturating_sub(freed));
+        m::embedded_retention(deleted, unacked);
+        if unacked > 0 {
+            tracing::warn!(
+                dropped = unacked,
+                "embedded log retention deleted events the forwarder had not delivered yet"
+            );
+        }
+        Ok(Retained { deleted, unacked })
+    }
+
+    /// One retention transaction of about `step_bytes`: (records deleted, of
+    /// those unacknowledged, bytes freed).
+    fn retention_step(&self, oldest_kept: u64, step_bytes: u64) -> Result<(u64, u64, u64), BusError> {
+        let max_bytes = self.cfg.retention_max_bytes;
         let db = self.store.db()?;
-        let (deleted, unacked, freed) = self.store.check((|| -> Result<(u64, u64, u64), redb::Error> {
+        self.store.check((|| -> Result<(u64, u64, u64), redb::Error> {
             let (mut deleted, mut unacked, mut freed) = (0u64, 0u64, 0u64);
             let txn = db.begin_write()?;
             {
@@ -507,7 +547,7 @@ impl Inner {
                     }) else {
                         break;
                     };
-                    if bytes <= max_bytes && ts >= oldest_kept {
+                    if (bytes <= max_bytes && ts >= oldest_kept) || freed >= step_bytes {
                         break;
                     }
                     events.remove(seq)?;
@@ -527,21 +567,7 @@ impl Inner {
                 txn.commit()?;
             }
             Ok((deleted, unacked, freed))
-        })())?;
-        if deleted == 0 {
-            return Ok(Retained { deleted, unacked });
-        }
-        let total =
-            self.stored_bytes.fetch_sub(freed.min(self.stored_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
-        m::embedded_log_bytes(total.saturating_sub(freed));
-        m::embedded_retention(deleted, unacked);
-        if unacked > 0 {
-            tracing::warn!(
-                dropped = unacked,
-                "embedded log retention deleted events the forwarder had not delivered yet"
-            );
-        }
-        Ok(Retained { deleted, unacked })
+        })())
     }
 }
 
@@ -912,6 +938,29 @@ mod tests {
         let got = sub.poll(2, Duration::from_secs(1)).await.unwrap();
         sub.ack(&got.iter().map(|m| m.position).collect::<Vec<_>>()).await.unwrap();
         assert_eq!(log.inner.enforce_retention().unwrap(), Retained { deleted: 5, unacked: 3 });
+    }
+
+    /// A deletion larger than one step takes several transactions and ends
+    /// where one would have: at the size bound, with the stored size right.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_deletes_in_steps_down_to_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path(), EmbeddedConfig::default()).unwrap();
+        // Four commits, four chunks of two records each.
+        for i in 0..4u8 {
+            log.publish(Topic::Events, vec![rec(&[i], &[i; 100]), rec(&[i], &[i; 100])]).await.unwrap();
+        }
+        let chunk_bytes = log.inner.stored_bytes.load(Ordering::Relaxed) / 4;
+        // Keep the newest chunk only, deleting one chunk per transaction.
+        let cfg = EmbeddedConfig { retention_max_bytes: chunk_bytes, ..EmbeddedConfig::default() };
+        drop(log);
+        let log = EmbeddedLog::open(dir.path(), cfg).unwrap();
+        assert_eq!(log.inner.enforce_retention_by(1).unwrap(), Retained { deleted: 6, unacked: 6 });
+        assert_eq!(log.inner.stored_bytes.load(Ordering::Relaxed), chunk_bytes);
+        assert_eq!(log.inner.enforce_retention_by(1).unwrap(), Retained { deleted: 0, unacked: 0 });
+        let mut sub = log.open(Topic::Events).await.unwrap();
+        let got = sub.poll(10, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(got.iter().map(|m| m.position.offset).collect::<Vec<_>>(), vec![6, 7]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -509,6 +509,8 @@ impl Inner {
             if step.2 < step_bytes {
                 break;
             }
+            // Let the writer's waiting commit take the write lock first.
+            std::thread::sleep(Duration::from_millis(1));
         }
         if deleted == 0 {
             return Ok(Retained { deleted, unacked });

@@ -278,7 +278,7 @@ impl Memory {
     fn position(&self, d: &Digest) -> Option<usize> {
         let (queue, head) = (&self.queue, self.head);
         self.index[shard_of(d)]
-            .find(table_hash(d), |&seq| queue[seq.wrapping_sub(head) as usize].digest == *d)
+            .find(table_hash(d), |&seq| queue.get(seq.wrapping_sub(head) as usize).is_some_and(|s| s.digest == *d))
             .map(|&seq| seq.wrapping_sub(head) as usize)
     }
 
@@ -305,7 +305,7 @@ impl Memory {
         self.queue.push_back(Slot { digest: d, expiry });
         let (queue, head) = (&self.queue, self.head);
         self.index[shard_of(&d)].insert_unique(table_hash(&d), seq, |&s| {
-            table_hash(&queue[s.wrapping_sub(head) as usize].digest)
+            queue.get(s.wrapping_sub(head) as usize).map_or(0, |s| table_hash(&s.digest))
         });
     }
 

@@ -159,10 +159,13 @@ fn lz64_text(data: &[u8]) -> Result<String, IngressError> {
 /// Does this look like `data=...&compression=...`? Checks the first
 /// characters for a field PostHog clients send, like PostHog's capture does.
 pub fn looks_like_form(payload: &[u8]) -> bool {
+    const FIELDS: [&[u8]; 5] = [b"data=", b"_=", b"ip=", b"compression=", b"ver="];
     let head = &payload[..payload.len().min(128)];
-    [&b"data="[..], b"_=", b"ip=", b"compression=", b"ver="].iter().any(|field| {
-        head.starts_with(field) || head.windows(field.len() + 1).any(|w| w[0] == b'&' && &w[1..] == *field)
-    })
+    // A field starts the head or follows an `&` (a JSON body has none there
+    // usually: one scan, no window compare per byte).
+    std::iter::once(0)
+        .chain(memchr::memchr_iter(b'&', head).map(|i| i + 1))
+        .any(|start| FIELDS.iter().any(|field| head[start..].starts_with(field)))
 }
 
 /// A cheap test for "this is base64": the first 128 bytes are in the
@@ -229,6 +232,13 @@ mod tests {
         assert!(looks_like_form(b"data=abc&compression=lz64"));
         assert!(looks_like_form(b"compression=lz64&data=abc"));
         assert!(!looks_like_form(br#"{"data=":1}"#));
+        assert!(looks_like_form(b"x=1&ver=2"), "a field after an `&`");
+        assert!(!looks_like_form(b"x=1&&version=2&"), "only whole field names count");
+        // Only the first 128 bytes are looked at.
+        let late = [&[b'x'; 125][..], b"&ip=1"].concat();
+        assert!(!looks_like_form(&late));
+        let early = [&[b'x'; 122][..], b"&ip=1"].concat();
+        assert!(looks_like_form(&early));
         assert!(looks_like_base64(b"eyJhIjoxfQ==", false));
         assert!(!looks_like_base64(br#"{"a":1}"#, false));
         assert!(!looks_like_base64(b"ab c", false));

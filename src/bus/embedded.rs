@@ -468,9 +468,11 @@ fn commit_group(db: &Database, group: &[WriteRequest], next: &mut [u64; 2]) -> R
 }
 
 /// Bytes one retention transaction deletes (about): a backlog of gigabytes
-/// is deleted in several transactions, so the writer's group commits (which
-/// wait for redb's write lock) go on in between instead of stalling for the
-/// whole deletion.
+/// is deleted in several transactions, yielding in between, so the writer's
+/// group commits (which wait for redb's write lock) go on instead of
+/// stalling for the whole deletion. `examples/retention_latency.rs`: the
+/// slowest publish during a 1–2 GB deletion 584–908 ms in one transaction,
+/// 742–760 ms in steps without the yield, 83–189 ms with it.
 const RETENTION_STEP_BYTES: u64 = 64 << 20;
 
 fn retention_loop(inner: std::sync::Weak<Inner>) {
@@ -502,11 +504,11 @@ impl Inner {
         let oldest_kept = now_ms().saturating_sub(self.cfg.retention_max_age_secs.saturating_mul(1000));
         let (mut deleted, mut unacked, mut freed) = (0, 0, 0);
         loop {
-            let step = self.retention_step(oldest_kept, step_bytes)?;
-            deleted += step.0;
-            unacked += step.1;
-            freed += step.2;
-            if step.2 < step_bytes {
+            let (step, step_freed) = self.retention_step(oldest_kept, step_bytes)?;
+            deleted += step.deleted;
+            unacked += step.unacked;
+            freed += step_freed;
+            if step_freed < step_bytes {
                 break;
             }
             // Let the writer's waiting commit take the write lock first.
@@ -528,12 +530,12 @@ impl Inner {
         Ok(Retained { deleted, unacked })
     }
 
-    /// One retention transaction of about `step_bytes`: (records deleted, of
-    /// those unacknowledged, bytes freed).
-    fn retention_step(&self, oldest_kept: u64, step_bytes: u64) -> Result<(u64, u64, u64), BusError> {
+    /// One retention transaction of about `step_bytes`: what it deleted and
+    /// how many bytes that freed.
+    fn retention_step(&self, oldest_kept: u64, step_bytes: u64) -> Result<(Retained, u64), BusError> {
         let max_bytes = self.cfg.retention_max_bytes;
         let db = self.store.db()?;
-        self.store.check((|| -> Result<(u64, u64, u64), redb::Error> {
+        self.store.check((|| -> Result<(Retained, u64), redb::Error> {
             let (mut deleted, mut unacked, mut freed) = (0u64, 0u64, 0u64);
             let txn = db.begin_write()?;
             {
@@ -568,7 +570,7 @@ impl Inner {
             } else {
                 txn.commit()?;
             }
-            Ok((deleted, unacked, freed))
+            Ok((Retained { deleted, unacked }, freed))
         })())
     }
 }

@@ -291,3 +291,63 @@ fn success(events: usize, payload_bytes: usize, now: DateTime<Utc>) -> Response 
     }))
     .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::bus::{BusError, Publisher, Record, Topic};
+    use crate::ingress::SystemClock;
+
+    /// A bus that notes, when asked to publish, whether the request body
+    /// has any holder left but the test.
+    struct BodyWatch {
+        body: Mutex<Option<Bytes>>,
+        only_holder: Mutex<Option<bool>>,
+    }
+
+    #[async_trait]
+    impl Publisher for BodyWatch {
+        async fn publish(&self, _: Topic, _: Vec<Record>) -> Result<(), BusError> {
+            let only = self.body.lock().unwrap().as_ref().map(Bytes::is_unique);
+            *self.only_holder.lock().unwrap() = only;
+            Ok(())
+        }
+        async fn ready(&self) -> Result<(), BusError> {
+            Ok(())
+        }
+        async fn flush(&self, _: Duration) -> Result<(), BusError> {
+            Ok(())
+        }
+    }
+
+    /// The body is a slice of the connection's read buffer: a request
+    /// waiting for the bus must not keep it (hyper's read buffers held
+    /// ~117 KB each under Amplitude load, BENCHMARKS.md). Fails if the
+    /// handler keeps the request until the publish returns.
+    #[tokio::test]
+    async fn the_body_is_released_before_the_publish() {
+        let body = Bytes::from(
+            json!({"api_key": "k", "events": [{"event_type": "e", "user_id": "user-1", "insert_id": "i-1"}]})
+                .to_string(),
+        );
+        let watch = Arc::new(BodyWatch { body: Mutex::new(Some(body.clone())), only_holder: Mutex::new(None) });
+        let state =
+            AppState::new(Arc::new(Config::default()), watch.clone(), Arc::new(SystemClock), None, None).unwrap();
+        let raw = RawRequest {
+            method: Method::POST,
+            path: "/batch".into(),
+            query: None,
+            headers: Default::default(),
+            body,
+            peer: None,
+        };
+        let resp = handle_batch(&state, raw).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(*watch.only_holder.lock().unwrap(), Some(true), "the handler still held the body");
+    }
+}

@@ -24,13 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use std::io::Write as _;
+
 use clap::{Parser, ValueEnum};
-use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[path = "../benches/support/bodies.rs"]
@@ -120,31 +118,90 @@ struct Shared {
     timeline: Timeline,
 }
 
-async fn connect(addr: SocketAddr) -> std::io::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
+/// One keep-alive HTTP/1.1 connection, spoken directly: the request is one
+/// buffer written with one call, the answer is read into a reused buffer and
+/// parsed just enough (status, `Content-Length` or chunked, `Connection:
+/// close`, `Retry-After`). A general client (hyper's) hands every request to
+/// a connection task and back through a channel: two tasks woken per request
+/// on a machine whose two cores the server under test needs too. This is
+/// the shape of `wrk`'s loop (BENCHMARKS.md, "Load generator").
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn { stream, buf: Vec::with_capacity(16 * 1024) })
+    }
+
+    /// Send one request and read its whole answer.
+    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<wire::Answer> {
+        self.stream.write_all(request).await?;
+        self.buf.clear();
+        loop {
+            if let Some(answer) = wire::parse(&self.buf)? {
+                if answer.len < self.buf.len() {
+                    return Err(std::io::Error::other("bytes after the answer"));
+                }
+                return Ok(answer);
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(16 * 1024);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
+/// The request bytes for request number `n`: head and body in one buffer.
+fn build_request(shared: &Shared, n: u64, out: &mut Vec<u8>) {
+    let a = &shared.args;
+    out.clear();
+    let body_len = shared.template.bytes.len();
+    let signature = (a.scenario == Scenario::Stripe)
+        .then(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+    let _ = write!(
+        out,
+        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {body_len}\r\n",
+        a.path, a.addr
+    );
+    let body_at = match signature {
+        // The signature covers the body: render it first, then the header.
+        Some(t) => {
+            let mut body = Vec::with_capacity(body_len);
+            shared.template.render_into(n, &mut body);
+            let _ = write!(out, "stripe-signature: {}\r\n\r\n", stripe_signature(&a.secret, t, &body));
+            out.extend_from_slice(&body);
+            return;
+        }
+        None => {
+            out.extend_from_slice(b"\r\n");
+            out.len()
+        }
+    };
+    shared.template.render_into(n, out);
+    debug_assert_eq!(out.len() - body_at, body_len);
 }
 
 async fn connection(shared: Arc<Shared>) -> Tally {
     let mut tally = Tally::default();
     let a = &shared.args;
-    let host = HeaderValue::from_str(&a.addr.to_string()).unwrap_or_else(|_| HeaderValue::from_static("localhost"));
-    let mut sender = None;
+    let mut conn: Option<Conn> = None;
+    let mut request = Vec::with_capacity(shared.template.bytes.len() + 512);
     loop {
         let now = Instant::now();
         if now >= shared.measure_to {
             break;
         }
-        let s = match sender.as_mut() {
-            Some(s) => s,
-            None => match connect(a.addr).await {
-                Ok(s) => sender.insert(s),
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match Conn::open(a.addr).await {
+                Ok(c) => conn.insert(c),
                 Err(_) => {
                     if now >= shared.measure_from {
                         tally.errors += 1;
@@ -155,34 +212,20 @@ async fn connection(shared: Arc<Shared>) -> Tally {
             },
         };
         let n = shared.counter.fetch_add(1, Ordering::Relaxed);
-        let body = shared.template.render(n);
-        let mut req = Request::post(a.path.as_str()).header(HOST, host.clone());
-        req = req.header(CONTENT_TYPE, "application/json");
-        if a.scenario == Scenario::Stripe {
-            let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            req = req.header("stripe-signature", stripe_signature(&a.secret, t, &body));
-        }
-        let Ok(req) = req.body(Full::new(Bytes::from(body))) else { unreachable!("static request parts") };
+        build_request(&shared, n, &mut request);
         let sent = Instant::now();
-        let outcome = async {
-            s.ready().await?;
-            let resp = s.send_request(req).await?;
-            let status = resp.status().as_u16();
-            let retry_after = resp.headers().contains_key("retry-after");
-            resp.into_body().collect().await?;
-            Ok::<_, hyper::Error>((status, retry_after))
-        }
-        .await;
+        let outcome = c.exchange(&request).await;
         let done = Instant::now();
         let counted = sent >= shared.measure_from && done <= shared.measure_to;
         let sec = done.duration_since(shared.start).as_secs() as usize;
         let tl = &shared.timeline;
         match outcome {
-            Ok((status, retry_after)) => {
+            Ok(answer) => {
+                let status = answer.status;
                 if counted {
                     tally.latencies_us.push(done.duration_since(sent).as_micros().min(u32::MAX as u128) as u32);
                     *tally.status.entry(status).or_default() += 1;
-                    if status == 503 && retry_after {
+                    if status == 503 && answer.retry_after {
                         tally.retry_after_503 += 1;
                     }
                 }
@@ -194,6 +237,9 @@ async fn connection(shared: Arc<Shared>) -> Tally {
                     };
                     slot.fetch_add(1, Ordering::Relaxed);
                 }
+                if answer.close {
+                    conn = None;
+                }
             }
             Err(_) => {
                 if counted {
@@ -202,11 +248,146 @@ async fn connection(shared: Arc<Shared>) -> Tally {
                 if a.timeline && sec < tl.errors.len() {
                     tl.errors[sec].fetch_add(1, Ordering::Relaxed);
                 }
-                sender = None;
+                conn = None;
             }
         }
     }
     tally
+}
+
+/// Just enough of an HTTP/1.1 response reader for a load generator.
+mod wire {
+    /// A complete answer at the start of a buffer.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Answer {
+        pub status: u16,
+        pub retry_after: bool,
+        /// The server will close the connection after it.
+        pub close: bool,
+        /// Bytes of the buffer the answer took, head and body.
+        pub len: usize,
+    }
+
+    fn invalid(what: &str) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
+    }
+
+    /// `Ok(None)` while the buffer holds only part of an answer.
+    pub fn parse(buf: &[u8]) -> std::io::Result<Option<Answer>> {
+        let Some(head_end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
+            if buf.len() > 64 * 1024 {
+                return Err(invalid("response head over 64 KiB"));
+            }
+            return Ok(None);
+        };
+        let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| invalid("response head is not UTF-8"))?;
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .strip_prefix("HTTP/1.")
+            .and_then(|rest| rest.get(2..5))
+            .and_then(|code| code.parse::<u16>().ok())
+            .ok_or_else(|| invalid("bad status line"))?;
+        let (mut length, mut chunked, mut close, mut retry_after) = (None, false, status_line.starts_with("HTTP/1.0"), false);
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else { return Err(invalid("bad header line")) };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = Some(value.parse::<usize>().map_err(|_| invalid("bad content-length"))?);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.eq_ignore_ascii_case("chunked");
+            } else if name.eq_ignore_ascii_case("connection") {
+                close = value.eq_ignore_ascii_case("close");
+            } else if name.eq_ignore_ascii_case("retry-after") {
+                retry_after = true;
+            }
+        }
+        let body_at = head_end + 4;
+        let len = if chunked {
+            match chunked_end(&buf[body_at..])? {
+                Some(n) => body_at + n,
+                None => return Ok(None),
+            }
+        } else {
+            let n = body_at + length.unwrap_or(0);
+            if buf.len() < n {
+                return Ok(None);
+            }
+            n
+        };
+        Ok(Some(Answer { status, retry_after, close, len }))
+    }
+
+    /// Where a chunked body ends (after the last chunk and the trailers).
+    fn chunked_end(body: &[u8]) -> std::io::Result<Option<usize>> {
+        let mut at = 0;
+        loop {
+            let Some(eol) = memchr::memmem::find(&body[at..], b"\r\n") else { return Ok(None) };
+            let size_text = std::str::from_utf8(&body[at..at + eol]).map_err(|_| invalid("bad chunk size"))?;
+            let size_text = size_text.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size_text, 16).map_err(|_| invalid("bad chunk size"))?;
+            at += eol + 2;
+            if size == 0 {
+                // Trailers, then an empty line.
+                loop {
+                    let Some(eol) = memchr::memmem::find(&body[at..], b"\r\n") else { return Ok(None) };
+                    at += eol + 2;
+                    if eol == 0 {
+                        return Ok(Some(at));
+                    }
+                }
+            }
+            if body.len() < at + size + 2 {
+                return Ok(None);
+            }
+            if &body[at + size..at + size + 2] != b"\r\n" {
+                return Err(invalid("chunk not followed by CRLF"));
+            }
+            at += size + 2;
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn content_length_answers_complete_only_with_their_body() {
+            let full = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nContent-Length: 12\r\n\r\n{\"status\":1}";
+            for cut in 0..full.len() {
+                assert_eq!(parse(&full[..cut]).unwrap(), None, "cut at {cut}");
+            }
+            let a = parse(full).unwrap().unwrap();
+            assert_eq!(a, Answer { status: 200, retry_after: false, close: false, len: full.len() });
+        }
+
+        #[test]
+        fn status_close_and_retry_after_are_read() {
+            let text = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+            let a = parse(text).unwrap().unwrap();
+            assert_eq!(a, Answer { status: 503, retry_after: true, close: true, len: text.len() });
+            let old = b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n";
+            assert!(parse(old).unwrap().unwrap().close, "HTTP/1.0 closes by default");
+        }
+
+        #[test]
+        fn chunked_bodies_end_after_the_last_chunk_and_trailers() {
+            let text = b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n3;x=1\r\nabc\r\n0\r\nx-t: 1\r\n\r\n";
+            for cut in 0..text.len() {
+                assert_eq!(parse(&text[..cut]).unwrap(), None, "cut at {cut}");
+            }
+            assert_eq!(parse(text).unwrap().unwrap().len, text.len());
+            assert_eq!(parse(text).unwrap().unwrap().status, 400);
+        }
+
+        #[test]
+        fn garbage_is_an_error_not_a_hang() {
+            assert!(parse(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+            assert!(parse(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").is_err());
+            assert!(parse(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").is_err());
+            assert!(parse(&vec![b'a'; 70_000]).is_err());
+        }
+    }
 }
 
 /// utime + stime of a process, in clock ticks.
@@ -245,14 +426,14 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 fn main() {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()
-    {
+    let runtime = || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("loadgen: runtime: {e}");
             std::process::exit(2);
         }
     };
+    let threads = args.threads.max(1);
     let watched: Vec<(String, u32)> = args
         .pids
         .iter()
@@ -288,8 +469,29 @@ fn main() {
     });
     let tck = clk_tck();
 
-    let result = rt.block_on(async {
-        let tasks: Vec<_> = (0..connections).map(|_| tokio::spawn(connection(shared.clone()))).collect();
+    // One single-threaded runtime per generator thread, each driving its
+    // share of the connections (like wrk's threads): no work stealing, no
+    // cross-thread wake-ups.
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let shared = shared.clone();
+            let rt = runtime();
+            let mine = connections / threads + usize::from(t < connections % threads);
+            std::thread::spawn(move || {
+                rt.block_on(async {
+                    let tasks: Vec<_> = (0..mine).map(|_| tokio::spawn(connection(shared.clone()))).collect();
+                    let mut tallies = Vec::with_capacity(mine);
+                    for t in tasks {
+                        if let Ok(tally) = t.await {
+                            tallies.push(tally);
+                        }
+                    }
+                    tallies
+                })
+            })
+        })
+        .collect();
+    let result = runtime().block_on(async {
         // Sample the watched processes: at the window's start (CPU baseline,
         // peak-RSS reset), every second for the timeline, and at its end.
         let sampler = {
@@ -318,18 +520,16 @@ fn main() {
                 (base, end, self_base, self_end, rss_timeline)
             })
         };
-        let mut all = Tally::default();
-        for t in tasks {
-            if let Ok(tally) = t.await {
-                all.latencies_us.extend(tally.latencies_us);
-                for (k, v) in tally.status {
-                    *all.status.entry(k).or_default() += v;
-                }
-                all.errors += tally.errors;
-                all.retry_after_503 += tally.retry_after_503;
-            }
-        }
         let sampled = sampler.await.ok();
+        let mut all = Tally::default();
+        for tally in workers.into_iter().flat_map(|w| w.join().unwrap_or_default()) {
+            all.latencies_us.extend(tally.latencies_us);
+            for (k, v) in tally.status {
+                *all.status.entry(k).or_default() += v;
+            }
+            all.errors += tally.errors;
+            all.retry_after_503 += tally.retry_after_503;
+        }
         (all, sampled)
     });
     let (mut all, sampled) = result;

@@ -37,7 +37,16 @@ impl Template {
     /// The body for request number `n`: event `i` gets id digits `n << 8 | i`
     /// (48 bits, unique for 2^40 requests of up to 256 events).
     pub fn render(&self, n: u64) -> Vec<u8> {
-        let mut b = self.bytes.clone();
+        let mut b = Vec::with_capacity(self.bytes.len());
+        self.render_into(n, &mut b);
+        b
+    }
+
+    /// [`Template::render`], appended to `out`.
+    pub fn render_into(&self, n: u64, out: &mut Vec<u8>) {
+        let at = out.len();
+        out.extend_from_slice(&self.bytes);
+        let b = &mut out[at..];
         for (i, &off) in self.slots.iter().enumerate() {
             let v = (n << 8) | i as u64;
             for d in 0..12 {
@@ -45,7 +54,6 @@ impl Template {
                 b[off + d] = b"0123456789abcdef"[nib];
             }
         }
-        b
     }
 }
 

@@ -6,6 +6,7 @@
 //! looks at a vendor's raw payload again.
 
 mod json;
+pub(crate) mod scan;
 
 use std::borrow::Cow;
 
@@ -289,7 +290,7 @@ impl<'a> Event<RawProps<'a>> {
 /// value, as a parsed object would. Removed entries stay as tombstones
 /// (`None`) so removing does not shift the rest.
 #[derive(Debug, Default, Clone)]
-pub struct RawProps<'a>(Vec<(Cow<'a, str>, Option<&'a RawValue>)>);
+pub struct RawProps<'a>(Vec<(Cow<'a, str>, Option<&'a str>)>);
 
 impl<'a> RawProps<'a> {
     /// Parse one JSON object, borrowing every value (and every key without
@@ -322,12 +323,12 @@ impl<'a> RawProps<'a> {
                 }
             }
             out.push(b':');
-            out.extend_from_slice(v.get().as_bytes());
+            out.extend_from_slice(v.as_bytes());
         }
         out.push(b'}');
     }
 
-    fn entries(&self) -> impl Iterator<Item = (&Cow<'a, str>, &'a RawValue)> {
+    fn entries(&self) -> impl Iterator<Item = (&Cow<'a, str>, &'a str)> {
         self.0.iter().filter_map(|(k, v)| v.map(|v| (k, v)))
     }
 
@@ -365,7 +366,7 @@ impl<'a> RawProps<'a> {
     }
 
     /// The raw JSON of `key`'s value.
-    pub fn raw(&self, key: &str) -> Option<&'a RawValue> {
+    pub fn raw(&self, key: &str) -> Option<&'a str> {
         self.entries().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
@@ -376,7 +377,7 @@ impl<'a> RawProps<'a> {
     }
 
     /// Remove `key`, returning its raw JSON.
-    pub fn remove_raw(&mut self, key: &str) -> Option<&'a RawValue> {
+    pub fn remove_raw(&mut self, key: &str) -> Option<&'a str> {
         self.0.iter_mut().find(|(k, v)| k == key && v.is_some())?.1.take()
     }
 
@@ -390,8 +391,7 @@ impl<'a> RawProps<'a> {
 /// quotes (the parser that produced the raw value validated it); that is
 /// most looked-up values, and serde's per-call setup was 4 % of the PostHog
 /// decode.
-fn parse_raw(v: &RawValue) -> Option<Value> {
-    let text = v.get();
+fn parse_raw(text: &str) -> Option<Value> {
     if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
         if !inner.contains('\\') {
             return Some(Value::String(inner.to_string()));
@@ -405,7 +405,9 @@ impl Serialize for RawProps<'_> {
         use serde::ser::SerializeMap;
         let mut map = serializer.serialize_map(Some(self.len()))?;
         for (k, v) in self.entries() {
-            map.serialize_entry(k, v)?;
+            // Verbatim, as the raw JSON it is (a plain &str would be quoted).
+            let raw: &RawValue = serde_json::from_str(v).map_err(serde::ser::Error::custom)?;
+            map.serialize_entry(k, raw)?;
         }
         map.end()
     }
@@ -464,11 +466,11 @@ impl<'a> RawProps<'a> {
     /// Length of this object written as compact JSON (keys counted
     /// unescaped, values as the client wrote them).
     pub fn json_len(&self) -> usize {
-        1 + self.entries().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>().max(1)
+        1 + self.entries().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>().max(1)
     }
 }
 
-type Entries<'a> = Vec<(Cow<'a, str>, Option<&'a RawValue>)>;
+pub(crate) type Entries<'a> = Vec<(Cow<'a, str>, Option<&'a str>)>;
 
 /// Objects up to this many keys look for repeated keys pair by pair.
 const PAIRWISE_KEYS: usize = 32;
@@ -490,7 +492,7 @@ fn raw_entries<'de, M: serde::de::MapAccess<'de>>(
         if nested == Some(&*k) {
             inner = map.next_value::<NestedValue<'de>>()?.0;
         } else {
-            entries.push((k, Some(map.next_value::<&'de RawValue>()?)));
+            entries.push((k, Some(map.next_value::<&'de RawValue>()?.get())));
         }
     }
     Ok((entries, inner))
@@ -617,7 +619,7 @@ mod tests {
             let props: RawProps<'_> = serde_json::from_str(&text).unwrap();
             let parsed: Map<String, Value> = serde_json::from_str(&text).unwrap();
             let got: Map<String, Value> =
-                props.entries().map(|(k, v)| (k.to_string(), serde_json::from_str(v.get()).unwrap())).collect();
+                props.entries().map(|(k, v)| (k.to_string(), serde_json::from_str(v).unwrap())).collect();
             assert_eq!(props.len(), parsed.len(), "{n}: one entry per key");
             assert_eq!(got, parsed, "{n}");
         }
@@ -630,7 +632,7 @@ mod tests {
         let props = RawProps::parse(text).unwrap();
         let mut n = 0;
         for (key, raw) in props.entries() {
-            let want: Option<Value> = serde_json::from_str(raw.get()).ok();
+            let want: Option<Value> = serde_json::from_str(raw).ok();
             assert_eq!(parse_raw(raw), want, "{key}");
             n += 1;
         }

@@ -36,6 +36,7 @@ use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 use super::{publish_records, refuse, AppState, Dialect, IngressError, RawRequest};
 use crate::bus::Record;
 use crate::config::Config;
+use crate::event::scan::Scan;
 use crate::event::{new_id, Event, Library, Nested, RawProps};
 pub use normalize::{kind_of, parse_time, DISTINCT_ID_MAX_CHARS};
 
@@ -287,6 +288,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEvent<'a> {
 }
 
 fn parse_body(text: &str) -> Result<ParsedBody<'_>, IngressError> {
+    if let Some(parsed) = scan_body(text) {
+        return Ok(parsed);
+    }
     let invalid = |e: serde_json::Error| malformed("invalid_payload", format!("invalid JSON: {e}"));
     // Events are then read through borrowed slices of this text: refuse
     // what parsing them into values would have refused.
@@ -316,6 +320,75 @@ fn parse_body(text: &str) -> Result<ParsedBody<'_>, IngressError> {
         }
         _ => Err(malformed("invalid_payload", "expected a JSON object or array")),
     }
+}
+
+/// [`parse_body`]'s common case in one pass without serde_json: a batch
+/// envelope, an array of events or one event, read by [`Scan`]. `None`
+/// whenever the reader is unsure (a syntax error, an escaped key, what the
+/// strict check looks for, a repeated envelope field, a null `batch`): the
+/// serde path then reads the text and gives the answer or the error.
+fn scan_body(text: &str) -> Option<ParsedBody<'_>> {
+    fn event<'a>(s: &mut Scan<'a>) -> Option<RawEvent<'a>> {
+        (s.peek()? == b'{').then_some(())?;
+        let (fields, props) = s.split_object("properties")?;
+        Some(RawEvent { fields, props })
+    }
+    let mut s = Scan::new(text);
+    let parsed = match s.peek()? {
+        b'[' => {
+            let mut items = Vec::new();
+            s.array(|s| {
+                items.push(event(s)?);
+                Some(())
+            })?;
+            ParsedBody { items, envelope: None }
+        }
+        b'{' => {
+            const FIELDS: [&str; 5] = ["api_key", "token", "sent_at", "sentAt", "historical_migration"];
+            let mut batch = None;
+            let mut fields: [Option<&str>; 5] = [None; 5];
+            s.object(|s, key| {
+                if key == "batch" {
+                    if batch.is_some() || s.peek()? != b'[' {
+                        return None;
+                    }
+                    let mut items = Vec::new();
+                    s.array(|s| {
+                        items.push(event(s)?);
+                        Some(())
+                    })?;
+                    batch = Some(items);
+                } else if let Some(i) = FIELDS.iter().position(|f| *f == key) {
+                    if fields[i].replace(s.value()?).is_some() {
+                        return None; // serde refuses a repeated field
+                    }
+                } else {
+                    s.value()?;
+                }
+                Some(())
+            })?;
+            let value = |i: usize| fields[i].and_then(|raw| serde_json::from_str::<Value>(raw).ok()).filter(|v| !v.is_null());
+            match batch {
+                Some(items) => ParsedBody {
+                    items,
+                    envelope: Some(BatchMeta {
+                        token: value(0).or_else(|| value(1)),
+                        sent_at: value(2).or_else(|| value(3)).as_ref().and_then(Value::as_str).and_then(parse_time),
+                        historical_migration: value(4) == Some(Value::Bool(true)),
+                    }),
+                },
+                // Not an envelope: the text is one event.
+                None => {
+                    let mut single = Scan::new(text);
+                    let item = event(&mut single)?;
+                    single.at_end().then_some(())?;
+                    ParsedBody { items: vec![item], envelope: None }
+                }
+            }
+        }
+        _ => return None,
+    };
+    s.at_end().then_some(parsed)
 }
 
 /// One event after the request-level checks: its name decided, its JSON

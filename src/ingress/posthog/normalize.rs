@@ -62,7 +62,7 @@ impl Props for RawProps<'_> {
         self.remove_raw(key);
     }
     fn holds_object(&self, key: &str) -> bool {
-        self.raw(key).is_some_and(|v| v.get().starts_with('{'))
+        self.raw(key).is_some_and(|v| v.starts_with('{'))
     }
 }
 

@@ -15,23 +15,17 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
-use async_trait::async_trait;
-use axum::body::Body;
-use axum::http::Request;
 use chrono::{DateTime, Utc};
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use serde_json::{json, Map, Value};
-use sluice::bus::{BusError, Publisher, Record, Topic};
-use sluice::config::Config;
 use sluice::event::{Event, Kind, Source};
-use sluice::ingress::{self, AppState, SystemClock};
 use tower::ServiceExt;
 
 #[path = "support/bodies.rs"]
 mod bodies;
+#[path = "support/inproc.rs"]
+mod inproc;
+use inproc::{request, TOKEN};
 
 struct Counting;
 
@@ -71,27 +65,6 @@ fn counted(f: impl FnOnce()) -> (u64, u64) {
     (ALLOCS.load(Ordering::Relaxed) - a, BYTES.load(Ordering::Relaxed) - b)
 }
 
-/// A publisher that accepts and drops, so the path is measured without a bus.
-struct DropBus;
-
-#[async_trait]
-impl Publisher for DropBus {
-    async fn publish(&self, _topic: Topic, records: Vec<Record>) -> Result<(), BusError> {
-        std::hint::black_box(records);
-        Ok(())
-    }
-    async fn ready(&self) -> Result<(), BusError> {
-        Ok(())
-    }
-    async fn flush(&self, _timeout: Duration) -> Result<(), BusError> {
-        Ok(())
-    }
-}
-
-const TOKEN: &str = "phc_sluicebench";
-const AMPLITUDE_KEY: &str = "amp_sluicebench";
-const STRIPE_SECRET: &str = "whsec_sluicebench";
-
 /// A PostHog `$pageview` as the PostHog source normalizes it: the same
 /// properties the load harness sends.
 fn pageview(now: DateTime<Utc>) -> Event {
@@ -107,47 +80,6 @@ fn pageview(now: DateTime<Utc>) -> Event {
     }
     e.context.ip = Some("127.0.0.1".into());
     e
-}
-
-fn bench_config() -> Config {
-    let yaml = format!(
-        r#"
-connectors:
-  posthog:
-    project_tokens: ["{TOKEN}"]
-  amplitude:
-    api_keys: ["{AMPLITUDE_KEY}"]
-  webhooks:
-    - name: stripe
-      scheme: stripe
-      secrets: ["{STRIPE_SECRET}"]
-"#
-    );
-    match Config::from_yaml(&yaml, "<bench>", &|_| None) {
-        Ok(c) => c,
-        Err(e) => panic!("bench config: {e}"),
-    }
-}
-
-/// One source's request path: method, path, headers and body per request.
-struct PathCase {
-    name: &'static str,
-    path: &'static str,
-    template: bodies::Template,
-    stripe: bool,
-}
-
-fn request(case: &PathCase, n: u64) -> Request<Body> {
-    let body = case.template.render(n);
-    let mut req = Request::post(case.path).header("content-type", "application/json");
-    if case.stripe {
-        req = req
-            .header("stripe-signature", bodies::stripe_signature(STRIPE_SECRET, Utc::now().timestamp() as u64, &body));
-    }
-    match req.body(Body::from(body)) {
-        Ok(r) => r,
-        Err(e) => panic!("request: {e}"),
-    }
 }
 
 fn report_allocations() {
@@ -179,31 +111,8 @@ fn report_allocations() {
         Ok(rt) => rt,
         Err(e) => panic!("runtime: {e}"),
     };
-    let state = match AppState::new(Arc::new(bench_config()), Arc::new(DropBus), Arc::new(SystemClock), None, None) {
-        Ok(s) => s,
-        Err(e) => panic!("state: {e:#}"),
-    };
-    let app = ingress::router(state);
-    let cases = [
-        PathCase {
-            name: "posthog /batch/ (10-event JSON batch)",
-            path: "/batch/",
-            template: bodies::posthog_template(TOKEN, 10, 1),
-            stripe: false,
-        },
-        PathCase {
-            name: "amplitude /2/httpapi (100-event batch)",
-            path: "/2/httpapi",
-            template: bodies::amplitude_template(AMPLITUDE_KEY, 100, 1),
-            stripe: false,
-        },
-        PathCase {
-            name: "stripe /webhooks/stripe (1 event)",
-            path: "/webhooks/stripe",
-            template: bodies::stripe_template(1),
-            stripe: true,
-        },
-    ];
+    let app = inproc::router();
+    let cases = inproc::cases();
     for case in &cases {
         let events = case.template.events as u64;
         // Warm once (lazy statics, first-use allocations), and find out

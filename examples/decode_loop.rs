@@ -1,31 +1,46 @@
-//! Decode the load harness's PostHog 10-event batch N times
-//! (`posthog::decode_records`: decode, normalize, serialize to records),
-//! for an instruction count that does not move with the machine's load:
+//! Instruction counts that do not move with the machine's load, for
+//! callgrind: the load harness's PostHog 10-event batch, N times, through
+//!
+//! * `decode` (default): `posthog::decode_records` alone (decode, normalize,
+//!   serialize to records);
+//! * `router`: the whole in-process request path (Sluice's router and
+//!   middleware, the `/batch` shape check, decode, publish to a bus that
+//!   drops the records), building each request included.
 //!
 //! ```sh
 //! cargo build --release --example decode_loop
-//! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/decode_loop 0
-//! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/decode_loop 200
+//! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/decode_loop 0 [router]
+//! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/decode_loop 300 [router]
 //! ```
 //!
-//! Instructions per event = (Ir at 200 − Ir at 0) / 2,000. Wall-clock
+//! Instructions per event = (Ir at 300 − Ir at 0) / 3,000. Wall-clock
 //! benchmarks on the shared two-core machine move by ±30 % between runs;
-//! this does not (BENCHMARKS.md, "Profile").
+//! this does not (BENCHMARKS.md, "Profile"). The allocator is the system
+//! one (Sluice's binary uses mimalloc), so allocation costs read high.
 
 #[path = "../benches/support/bodies.rs"]
 mod bodies;
+#[path = "../benches/support/inproc.rs"]
+mod inproc;
 
 use axum::http::{HeaderMap, HeaderValue};
 use chrono::{DateTime, Utc};
 use sluice::ingress::posthog::{self, PosthogState, RequestFacts};
-
-const TOKEN: &str = "phc_decode_loop";
+use tower::ServiceExt;
 
 fn main() {
-    let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
-    let template = bodies::posthog_template(TOKEN, 10, 1);
+    let mut args = std::env::args().skip(1);
+    let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    match args.next().as_deref() {
+        Some("router") => router(n),
+        _ => decode(n),
+    }
+}
+
+fn decode(n: u64) {
+    let template = bodies::posthog_template(inproc::TOKEN, 10, 1);
     let body = template.render(1);
-    let policy = PosthogState::from_tokens([TOKEN.to_string()]);
+    let policy = PosthogState::from_tokens([inproc::TOKEN.to_string()]);
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     let facts = RequestFacts { path: "/batch/", query: None, headers: &headers, peer: Some([203, 0, 113, 7].into()) };
@@ -37,4 +52,16 @@ fn main() {
         bytes += records.iter().map(|r| r.payload.len()).sum::<usize>();
     }
     println!("{n} batches, {bytes} payload bytes");
+}
+
+fn router(n: u64) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let app = inproc::router();
+    let [posthog, ..] = inproc::cases();
+    // The first request warms lazy statics; it runs for every N alike.
+    for i in 0..=n {
+        let resp = rt.block_on(app.clone().oneshot(inproc::request(&posthog, i))).unwrap_or_else(|e| match e {});
+        assert!(resp.status().is_success(), "request {i}: {}", resp.status());
+    }
+    println!("{n} requests through the router");
 }

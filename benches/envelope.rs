@@ -13,12 +13,12 @@
 //!
 //! `cargo bench --bench envelope`; the figures in BENCHMARKS.md come from it.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use serde_json::{json, Map, Value};
 use sluice::event::{Event, Kind, Source};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tower::ServiceExt;
 
 #[path = "support/bodies.rs"]

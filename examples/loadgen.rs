@@ -288,7 +288,8 @@ mod wire {
             .and_then(|rest| rest.get(2..5))
             .and_then(|code| code.parse::<u16>().ok())
             .ok_or_else(|| invalid("bad status line"))?;
-        let (mut length, mut chunked, mut close, mut retry_after) = (None, false, status_line.starts_with("HTTP/1.0"), false);
+        let (mut length, mut chunked, mut close, mut retry_after) =
+            (None, false, status_line.starts_with("HTTP/1.0"), false);
         for line in lines {
             let Some((name, value)) = line.split_once(':') else { return Err(invalid("bad header line")) };
             let value = value.trim();
@@ -363,7 +364,8 @@ mod wire {
 
         #[test]
         fn status_close_and_retry_after_are_read() {
-            let text = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+            let text =
+                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
             let a = parse(text).unwrap().unwrap();
             assert_eq!(a, Answer { status: 503, retry_after: true, close: true, len: text.len() });
             let old = b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n";

@@ -415,24 +415,24 @@ mod tests {
     #[test]
     fn leaves_to_serde_what_it_does_not_take() {
         let left = [
-            r#"{"a\u0041":1}"#,             // an escaped key
-            r#"{"a":"\ud83d\ude00"}"#,      // a surrogate pair: the strict check decides
-            r#"{"a":1e5}"#,                 // an exponent
-            r#"{"a":01}"#,                  // a leading zero
-            r#"{"a":1.}"#,                  // no fraction digits
-            r#"{"a":-}"#,                   // no digits
-            r#"{"a":"tab	inside"}"#,        // a control character
-            r#"{"a":"\x"}"#,                // a bad escape
-            r#"{"a":"\u12"}"#,              // a short \u escape
-            r#"{"a":1,}"#,                  // a trailing comma
-            r#"{"a":[1,]}"#,                // a trailing comma inside
-            r#"{"a":[1 2]}"#,               // a missing comma
-            r#"{"a":{"b" 1}}"#,             // a missing colon
-            r#"{"a":tru}"#,                 // a cut literal
-            r#"{"a":"open}"#,               // an open string
-            r#"{"a":[}"#,                   // a mismatched bracket
-            r#"{"a":1} x"#,                 // trailing text
-            r#"[1]"#,                       // not an object
+            r#"{"a\u0041":1}"#,        // an escaped key
+            r#"{"a":"\ud83d\ude00"}"#, // a surrogate pair: the strict check decides
+            r#"{"a":1e5}"#,            // an exponent
+            r#"{"a":01}"#,             // a leading zero
+            r#"{"a":1.}"#,             // no fraction digits
+            r#"{"a":-}"#,              // no digits
+            r#"{"a":"tab	inside"}"#,   // a control character
+            r#"{"a":"\x"}"#,           // a bad escape
+            r#"{"a":"\u12"}"#,         // a short \u escape
+            r#"{"a":1,}"#,             // a trailing comma
+            r#"{"a":[1,]}"#,           // a trailing comma inside
+            r#"{"a":[1 2]}"#,          // a missing comma
+            r#"{"a":{"b" 1}}"#,        // a missing colon
+            r#"{"a":tru}"#,            // a cut literal
+            r#"{"a":"open}"#,          // an open string
+            r#"{"a":[}"#,              // a mismatched bracket
+            r#"{"a":1} x"#,            // trailing text
+            r#"[1]"#,                  // not an object
         ];
         for text in left {
             assert!(split(text).is_none(), "the reader leaves {text}");

@@ -367,7 +367,8 @@ fn scan_body(text: &str) -> Option<ParsedBody<'_>> {
                 }
                 Some(())
             })?;
-            let value = |i: usize| fields[i].and_then(|raw| serde_json::from_str::<Value>(raw).ok()).filter(|v| !v.is_null());
+            let value =
+                |i: usize| fields[i].and_then(|raw| serde_json::from_str::<Value>(raw).ok()).filter(|v| !v.is_null());
             match batch {
                 Some(items) => ParsedBody {
                     items,

@@ -392,7 +392,9 @@ fn is_amplitude_batch(body: &[u8]) -> bool {
 
 /// [`is_amplitude_batch`] by [`Scan`]: `events` present and not null, no
 /// `batch`; `None` when unsure (a repeated key, which serde refuses, or
-/// anything the scanner leaves to serde).
+/// anything the scanner leaves to serde). A top-level `batch` that is not
+/// null settles it at once: serde answers "not Amplitude" for such a body
+/// whatever follows (valid or not), so PostHog batches are not read twice.
 fn amplitude_shape_scan(text: &str) -> Option<bool> {
     let mut s = crate::event::scan::Scan::new(text);
     if s.peek()? != b'{' {
@@ -400,7 +402,12 @@ fn amplitude_shape_scan(text: &str) -> Option<bool> {
     }
     // Each: absent, or whether its value is other than null.
     let (mut events, mut batch): (Option<bool>, Option<bool>) = (None, None);
-    s.object(|s, key| {
+    let mut settled = None;
+    let walked = s.object(|s, key| {
+        if key == "batch" && s.peek()? != b'n' {
+            settled = Some(false);
+            return None;
+        }
         let raw = s.value()?;
         let slot = match key {
             "events" => &mut events,
@@ -411,7 +418,11 @@ fn amplitude_shape_scan(text: &str) -> Option<bool> {
             Some(_) => None,
             None => Some(()),
         }
-    })?;
+    });
+    if settled.is_some() {
+        return settled;
+    }
+    walked?;
     s.at_end().then_some(events == Some(true) && batch != Some(true))
 }
 
@@ -554,6 +565,11 @@ mod tests {
             r#"{"events":[1,]}"#,
             r#"{"events":[]} trailing"#,
             r#"{"events":[1e3]}"#,
+            r#"{"batch":[{"event":"a"}],"events":[]}"#,
+            r#"{"api_key":"k","batch":{},"events":[1]} not json"#,
+            r#"{"batch":null,"events":[1]}"#,
+            r#"{"batch":nul,"events":[1]}"#,
+            r#"{"events":[1],"batch":"x"}"#,
             r#"{"events":[]}"#,
             r#"[{"events":[]}]"#,
             "",
@@ -567,7 +583,7 @@ mod tests {
             }
             assert_eq!(is_amplitude_batch(text.as_bytes()), serde, "{text}");
         }
-        assert!(answered >= 6, "the scan answered {answered}");
+        assert!(answered >= 10, "the scan answered {answered}");
     }
 }
 

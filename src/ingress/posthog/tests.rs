@@ -331,3 +331,16 @@ fn the_event_limit_counts_compact_json() {
     assert!(spaced.len() > EVENT_SIZE_LIMIT);
     assert_eq!(run_text(&spaced).expect("whitespace is not counted").len(), 1);
 }
+
+/// The success answer is written as a constant: the same status, content
+/// type and bytes as the JSON value PostHog's capture answers with.
+#[tokio::test]
+async fn the_success_answer_is_what_serializing_the_json_gives() {
+    let constant = super::ok(false);
+    let serialized = axum::Json(json!({"status": 1})).into_response();
+    assert_eq!(constant.status(), serialized.status());
+    assert_eq!(constant.headers().get("content-type"), serialized.headers().get("content-type"));
+    let bytes = |r: Response| axum::body::to_bytes(r.into_body(), 64);
+    assert_eq!(bytes(constant).await.unwrap(), bytes(serialized).await.unwrap());
+    assert_eq!(super::ok(true).status(), StatusCode::NO_CONTENT);
+}

@@ -242,11 +242,13 @@ struct Envelope<'a> {
 
 /// A parsed v0 body: the events, and the envelope's fields when the body
 /// was the batch envelope.
+#[derive(Debug)]
 struct ParsedBody<'a> {
     items: Vec<RawEvent<'a>>,
     envelope: Option<BatchMeta>,
 }
 
+#[derive(Debug)]
 struct BatchMeta {
     /// `api_key` or `token`; wins over per-event tokens.
     token: Option<Value>,
@@ -256,6 +258,7 @@ struct BatchMeta {
 
 /// One event of a v0 body, read in the body's single pass: its fields as
 /// raw entries, its `properties` as raw entries of their own.
+#[derive(Debug)]
 struct RawEvent<'a> {
     fields: RawProps<'a>,
     props: Nested<'a>,
@@ -290,9 +293,14 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEvent<'a> {
 }
 
 fn parse_body(text: &str) -> Result<ParsedBody<'_>, IngressError> {
-    if let Some(parsed) = scan_body(text) {
-        return Ok(parsed);
+    match scan_body(text) {
+        Some(parsed) => Ok(parsed),
+        None => parse_body_serde(text),
     }
+}
+
+/// [`parse_body`] by serde_json: what decides every text the scanner leaves.
+fn parse_body_serde(text: &str) -> Result<ParsedBody<'_>, IngressError> {
     let invalid = |e: serde_json::Error| malformed("invalid_payload", format!("invalid JSON: {e}"));
     // Events are then read through borrowed slices of this text: refuse
     // what parsing them into values would have refused.

@@ -344,3 +344,41 @@ async fn the_success_answer_is_what_serializing_the_json_gives() {
     assert_eq!(bytes(constant).await.unwrap(), bytes(serialized).await.unwrap());
     assert_eq!(super::ok(true).status(), StatusCode::NO_CONTENT);
 }
+
+/// Wherever the one-pass reader answers for a whole body, the serde path
+/// gives the same events and envelope fields; where it does not, the serde
+/// path alone decides.
+#[test]
+fn body_reader_agrees_with_the_serde_path() {
+    let ev = r#"{"event":"e","distinct_id":"u","properties":{"a":1,"$set":{"x":"y"}}}"#;
+    let bodies = [
+        format!(r#"{{"api_key":"phc_a","batch":[{ev},{ev}],"sent_at":"2026-01-02T03:04:05Z"}}"#),
+        format!(r#"{{"api_key":null,"token":"phc_t","batch":[{ev}],"sentAt":"2026-01-02T03:04:05.120Z"}}"#),
+        format!(r#"{{"token":null,"batch":[{ev}],"sent_at":null,"sentAt":"2026-01-02T03:04:05Z"}}"#),
+        format!(r#"{{"batch":[{ev}],"api_key":7,"sent_at":5,"historical_migration":true}}"#),
+        format!(r#"{{"batch":[{ev}],"historical_migration":"true","other":{{"k":[1,2]}}}}"#),
+        format!(r#"{{"batch":[]}}"#),
+        format!(r#" [ {ev} , {ev} ] "#),
+        ev.to_string(),
+        r#"{"event":"e","api_key":"phc_x","properties":null}"#.to_string(),
+        r#"{"event":"e","properties":[1],"properties":{"b":2}}"#.to_string(),
+        format!(r#"{{"api_key":"a","api_key":"b","batch":[{ev}]}}"#),
+        format!(r#"{{"batch":[{ev}],"batch":[{ev}]}}"#),
+        format!(r#"{{"batch":null,"event":"e"}}"#),
+        format!(r#"{{"batch":[{ev}],"sent_at":1e3}}"#),
+        format!(r#"{{"batch":[{ev}]}} tail"#),
+        format!(r#"[{ev},]"#),
+        r#"{"event":"\ud83d\ude00"}"#.to_string(),
+    ];
+    let mut answered = 0;
+    for text in &bodies {
+        let serde = parse_body_serde(text).map(|p| format!("{p:?}")).map_err(|e| format!("{e:?}"));
+        if let Some(fast) = scan_body(text) {
+            assert_eq!(Ok(format!("{fast:?}")), serde, "{text}");
+            answered += 1;
+        }
+        let whole = parse_body(text).map(|p| format!("{p:?}")).map_err(|e| format!("{e:?}"));
+        assert_eq!(whole, serde, "{text}");
+    }
+    assert!(answered >= 9, "the reader answered {answered} of {}", bodies.len());
+}

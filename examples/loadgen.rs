@@ -162,30 +162,23 @@ impl Conn {
 fn build_request(shared: &Shared, n: u64, out: &mut Vec<u8>) {
     let a = &shared.args;
     out.clear();
-    let body_len = shared.template.bytes.len();
-    let signature = (a.scenario == Scenario::Stripe)
-        .then(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
     let _ = write!(
         out,
-        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {body_len}\r\n",
-        a.path, a.addr
+        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        a.path,
+        a.addr,
+        shared.template.bytes.len()
     );
-    let body_at = match signature {
-        // The signature covers the body: render it first, then the header.
-        Some(t) => {
-            let mut body = Vec::with_capacity(body_len);
-            shared.template.render_into(n, &mut body);
-            let _ = write!(out, "stripe-signature: {}\r\n\r\n", stripe_signature(&a.secret, t, &body));
-            out.extend_from_slice(&body);
-            return;
-        }
-        None => {
-            out.extend_from_slice(b"\r\n");
-            out.len()
-        }
-    };
-    shared.template.render_into(n, out);
-    debug_assert_eq!(out.len() - body_at, body_len);
+    if a.scenario == Scenario::Stripe {
+        // The signature covers the body: render it before the header.
+        let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let body = shared.template.render(n);
+        let _ = write!(out, "stripe-signature: {}\r\n\r\n", stripe_signature(&a.secret, t, &body));
+        out.extend_from_slice(&body);
+    } else {
+        out.extend_from_slice(b"\r\n");
+        shared.template.render_into(n, out);
+    }
 }
 
 async fn connection(shared: Arc<Shared>) -> Tally {

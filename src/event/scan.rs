@@ -216,55 +216,37 @@ impl<'a> Scan<'a> {
     /// Walk an object at the cursor, handing each key to `entry`, which
     /// must consume the value.
     pub fn object(&mut self, mut entry: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.eat(b'{')?;
-        self.depth += 1;
-        if self.depth >= MAX_DEPTH {
-            return None;
-        }
-        if self.peek()? == b'}' {
-            self.at += 1;
-            self.depth -= 1;
-            return Some(());
-        }
-        loop {
-            let key = self.key()?;
-            entry(self, key)?;
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    self.depth -= 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
+        self.container(b'{', b'}', |s| {
+            let key = s.key()?;
+            entry(s, key)
+        })
     }
 
     /// Walk an array at the cursor, handing each element to `element`.
-    pub fn array(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.eat(b'[')?;
+    pub fn array(&mut self, element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.container(b'[', b']', element)
+    }
+
+    /// `open`, items separated by commas, `close`; `item` reads one item.
+    fn container(&mut self, open: u8, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.eat(open)?;
         self.depth += 1;
         if self.depth >= MAX_DEPTH {
             return None;
         }
-        if self.peek()? == b']' {
-            self.at += 1;
-            self.depth -= 1;
-            return Some(());
-        }
-        loop {
-            element(self)?;
-            match self.peek()? {
-                b',' => self.at += 1,
-                b']' => {
-                    self.at += 1;
-                    self.depth -= 1;
-                    return Some(());
+        if self.peek()? != close {
+            loop {
+                item(self)?;
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    c if c == close => break,
+                    _ => return None,
                 }
-                _ => return None,
             }
         }
+        self.at += 1;
+        self.depth -= 1;
+        Some(())
     }
 
     /// An object's entries as raw values, `nested`'s value (the last, if

@@ -376,9 +376,14 @@ fn is_amplitude_batch(body: &[u8]) -> bool {
     // One light pass over the top-level keys; anything the scanner is unsure
     // of goes to serde_json, which decides (a full second parse of every
     // PostHog batch was ~4 % of the ingress's CPU).
-    if let Some(shape) = std::str::from_utf8(body).ok().and_then(amplitude_shape_scan) {
-        return shape;
+    match std::str::from_utf8(body).ok().and_then(amplitude_shape_scan) {
+        Some(shape) => shape,
+        None => is_amplitude_batch_serde(body),
     }
+}
+
+/// [`is_amplitude_batch`] by serde_json: what decides every body the scanner leaves.
+fn is_amplitude_batch_serde(body: &[u8]) -> bool {
     #[derive(serde::Deserialize)]
     struct TopKeys {
         events: Option<serde::de::IgnoredAny>,
@@ -544,15 +549,7 @@ mod tests {
     /// The one-pass shape check answers as the serde one wherever it answers.
     #[test]
     fn batch_shape_scan_agrees_with_serde() {
-        #[derive(serde::Deserialize)]
-        struct TopKeys {
-            events: Option<serde::de::IgnoredAny>,
-            batch: Option<serde::de::IgnoredAny>,
-        }
-        let serde_shape = |text: &str| match serde_json::from_str::<TopKeys>(text) {
-            Ok(k) => k.events.is_some() && k.batch.is_none(),
-            Err(_) => false,
-        };
+        let serde_shape = |text: &str| is_amplitude_batch_serde(text.as_bytes());
         let bodies = [
             r#"{"api_key":"k","events":[{"event_type":"a"}]}"#,
             r#"{"events":null,"api_key":"k"}"#,
@@ -584,6 +581,8 @@ mod tests {
             assert_eq!(is_amplitude_batch(text.as_bytes()), serde, "{text}");
         }
         assert!(answered >= 10, "the scan answered {answered}");
+        // A non-null `batch` settles the shape before the rest is read.
+        assert_eq!(amplitude_shape_scan(r#"{"batch":[1],"events":[] this is never read"#), Some(false));
     }
 }
 

@@ -256,6 +256,22 @@ struct BatchMeta {
     historical_migration: bool,
 }
 
+impl BatchMeta {
+    /// The envelope fields read, in this order.
+    const FIELDS: [&str; 5] = ["api_key", "token", "sent_at", "sentAt", "historical_migration"];
+
+    /// From the values of [`BatchMeta::FIELDS`] (absent or null: `None`),
+    /// for both readers of a body.
+    fn from_fields(values: [Option<Value>; 5]) -> BatchMeta {
+        let [api_key, token, sent_at, sent_at_camel, historical_migration] = values.map(|v| v.filter(|v| !v.is_null()));
+        BatchMeta {
+            token: api_key.or(token),
+            sent_at: sent_at.or(sent_at_camel).as_ref().and_then(Value::as_str).and_then(parse_time),
+            historical_migration: historical_migration == Some(Value::Bool(true)),
+        }
+    }
+}
+
 /// One event of a v0 body, read in the body's single pass: its fields as
 /// raw entries, its `properties` as raw entries of their own.
 #[derive(Debug)]
@@ -314,16 +330,13 @@ fn parse_body_serde(text: &str) -> Result<ParsedBody<'_>, IngressError> {
             match env.batch {
                 Some(items) => Ok(ParsedBody {
                     items,
-                    envelope: Some(BatchMeta {
-                        token: env.api_key.or(env.token).filter(|t| !t.is_null()),
-                        sent_at: env
-                            .sent_at
-                            .or(env.sent_at_camel)
-                            .as_ref()
-                            .and_then(Value::as_str)
-                            .and_then(parse_time),
-                        historical_migration: matches!(env.historical_migration, Some(Value::Bool(true))),
-                    }),
+                    envelope: Some(BatchMeta::from_fields([
+                        env.api_key,
+                        env.token,
+                        env.sent_at,
+                        env.sent_at_camel,
+                        env.historical_migration,
+                    ])),
                 }),
                 None => Ok(ParsedBody { items: vec![serde_json::from_str(text).map_err(invalid)?], envelope: None }),
             }
@@ -354,7 +367,6 @@ fn scan_body(text: &str) -> Option<ParsedBody<'_>> {
             ParsedBody { items, envelope: None }
         }
         b'{' => {
-            const FIELDS: [&str; 5] = ["api_key", "token", "sent_at", "sentAt", "historical_migration"];
             let mut batch = None;
             let mut fields: [Option<&str>; 5] = [None; 5];
             s.object(|s, key| {
@@ -368,7 +380,7 @@ fn scan_body(text: &str) -> Option<ParsedBody<'_>> {
                         Some(())
                     })?;
                     batch = Some(items);
-                } else if let Some(i) = FIELDS.iter().position(|f| *f == key) {
+                } else if let Some(i) = BatchMeta::FIELDS.iter().position(|f| *f == key) {
                     if fields[i].replace(s.value()?).is_some() {
                         return None; // serde refuses a repeated field
                     }
@@ -377,16 +389,12 @@ fn scan_body(text: &str) -> Option<ParsedBody<'_>> {
                 }
                 Some(())
             })?;
-            let value =
-                |i: usize| fields[i].and_then(|raw| serde_json::from_str::<Value>(raw).ok()).filter(|v| !v.is_null());
             match batch {
                 Some(items) => ParsedBody {
                     items,
-                    envelope: Some(BatchMeta {
-                        token: value(0).or_else(|| value(1)),
-                        sent_at: value(2).or_else(|| value(3)).as_ref().and_then(Value::as_str).and_then(parse_time),
-                        historical_migration: value(4) == Some(Value::Bool(true)),
-                    }),
+                    envelope: Some(BatchMeta::from_fields(
+                        fields.map(|raw| raw.and_then(|raw| serde_json::from_str::<Value>(raw).ok())),
+                    )),
                 },
                 // Not an envelope: the text is one event.
                 None => {

@@ -10,6 +10,9 @@ use sluice::Role;
 
 /// mimalloc instead of glibc's malloc: a fifth of the ingress CPU went to
 /// glibc's malloc/free under load, and its per-thread arenas let RSS grow.
+/// Built with `no_thp` (Cargo.toml): mimalloc does not ask for transparent
+/// huge pages, which kept 35–45 MB more resident under Amplitude's batches
+/// (BENCHMARKS.md, "Transparent huge pages").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -224,12 +224,18 @@ fn forward_tool(arg: &ConfigArg, tool: ForwardTool) -> ExitCode {
 mod tests {
     use super::*;
 
+    /// One test, not two: both read the same process-wide option.
     #[test]
-    fn the_purge_delay_constant_names_mimalloc_s_purge_delay() {
+    fn tune_allocator_sets_mimalloc_s_purge_delay() {
+        assert!(std::env::var_os("MIMALLOC_PURGE_DELAY").is_none(), "run without MIMALLOC_PURGE_DELAY");
         // Option 15 is the only one whose default is 1000 (ms); an upgrade
         // that renumbers the options makes this read another value.
         // SAFETY: reads one option.
         let default = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
         assert_eq!(default, 1000, "option {MI_OPTION_PURGE_DELAY} is not mimalloc's purge delay");
+        tune_allocator();
+        // SAFETY: as above.
+        let tuned = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(tuned, PURGE_DELAY_MS);
     }
 }

@@ -345,24 +345,11 @@ mod tests {
         s.at_end().then(|| format!("{got:?}"))
     }
 
+    /// The serde path the reader stands in for: PostHog's event, split at
+    /// `properties` by [`RawProps::split_entries`].
     fn split_serde(text: &str) -> Option<String> {
-        struct Split<'a>((RawProps<'a>, Nested<'a>));
-        impl<'de> serde::Deserialize<'de> for Split<'de> {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl<'de> serde::de::Visitor<'de> for V {
-                    type Value = Split<'de>;
-                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                        f.write_str("an object")
-                    }
-                    fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<Split<'de>, M::Error> {
-                        RawProps::split_entries(map, "properties").map(Split)
-                    }
-                }
-                d.deserialize_map(V)
-            }
-        }
-        serde_json::from_str::<Split>(text).ok().map(|s| format!("{:?}", s.0))
+        let e: crate::ingress::posthog::RawEvent = serde_json::from_str(text).ok()?;
+        Some(format!("{:?}", (e.fields, e.props)))
     }
 
     /// Where the reader answers, serde_json answers the same.

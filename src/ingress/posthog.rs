@@ -274,10 +274,12 @@ impl BatchMeta {
 
 /// One event of a v0 body, read in the body's single pass: its fields as
 /// raw entries, its `properties` as raw entries of their own.
+/// (`pub(crate)` for the reader's tests in `event::scan`, which compare
+/// against this serde path.)
 #[derive(Debug)]
-struct RawEvent<'a> {
-    fields: RawProps<'a>,
-    props: Nested<'a>,
+pub(crate) struct RawEvent<'a> {
+    pub(crate) fields: RawProps<'a>,
+    pub(crate) props: Nested<'a>,
 }
 
 impl RawEvent<'_> {
@@ -356,16 +358,17 @@ fn scan_body(text: &str) -> Option<ParsedBody<'_>> {
         let (fields, props) = s.split_object("properties")?;
         Some(RawEvent { fields, props })
     }
+    fn events<'a>(s: &mut Scan<'a>) -> Option<Vec<RawEvent<'a>>> {
+        let mut items = Vec::new();
+        s.array(|s| {
+            items.push(event(s)?);
+            Some(())
+        })?;
+        Some(items)
+    }
     let mut s = Scan::new(text);
     let parsed = match s.peek()? {
-        b'[' => {
-            let mut items = Vec::new();
-            s.array(|s| {
-                items.push(event(s)?);
-                Some(())
-            })?;
-            ParsedBody { items, envelope: None }
-        }
+        b'[' => ParsedBody { items: events(&mut s)?, envelope: None },
         b'{' => {
             let mut batch = None;
             let mut fields: [Option<&str>; 5] = [None; 5];
@@ -374,12 +377,7 @@ fn scan_body(text: &str) -> Option<ParsedBody<'_>> {
                     if batch.is_some() || s.peek()? != b'[' {
                         return None;
                     }
-                    let mut items = Vec::new();
-                    s.array(|s| {
-                        items.push(event(s)?);
-                        Some(())
-                    })?;
-                    batch = Some(items);
+                    batch = Some(events(s)?);
                 } else if let Some(i) = BatchMeta::FIELDS.iter().position(|f| *f == key) {
                     if fields[i].replace(s.value()?).is_some() {
                         return None; // serde refuses a repeated field

@@ -121,6 +121,7 @@ fn apply_overrides(c: &mut ClientConfig, cfg: &KafkaConfig, producer: bool) {
         "queue.buffering.max.messages",
         "queue.buffering.max.kbytes",
         "batch.num.messages",
+        "batch.size",
     ];
     const CONSUMER_ONLY: &[&str] =
         &["group.id", "session.timeout.ms", "auto.offset.reset", "heartbeat.interval.ms", "max.poll.interval.ms"];
@@ -138,6 +139,12 @@ fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
     pc.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
+        // A partition's batch goes out once it holds 256 KiB (before
+        // compression) instead of librdkafka's 1 MB: under heavy load it is
+        // full before the linger ends, so a request waits less and the
+        // producer's round trips do not bound the throughput of clients that
+        // wait for their answer (BENCHMARKS.md, "Latency at 128 connections").
+        .set("batch.size", "262144")
         // lz4 batches: the broker stores and copies a third of the bytes.
         // Against Tansu on the same two cores this took PostHog ingress
         // from ~54,000 to ~92,000 events/s (BENCHMARKS.md).
@@ -419,7 +426,9 @@ mod tests {
     fn producer_defaults_are_durable_and_compressed_and_properties_win() {
         let mut cfg = KafkaConfig::default();
         let pc = producer_config(&cfg);
-        for (key, want) in [("acks", "all"), ("enable.idempotence", "true"), ("compression.type", "lz4")] {
+        for (key, want) in
+            [("acks", "all"), ("enable.idempotence", "true"), ("compression.type", "lz4"), ("batch.size", "262144")]
+        {
             assert_eq!(pc.get(key), Some(want), "{key}");
         }
         cfg.properties.insert("compression.type".into(), "snappy".into());

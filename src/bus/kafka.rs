@@ -437,4 +437,18 @@ mod tests {
         assert_eq!(pc.get("compression.type"), Some("snappy"));
         assert_eq!(pc.get("group.id"), None, "consumer settings stay off the producer");
     }
+
+    #[test]
+    fn producer_settings_stay_off_the_consumer() {
+        let mut cfg = KafkaConfig::default();
+        for (k, v) in [("batch.size", "65536"), ("linger.ms", "1"), ("socket.keepalive.enable", "true")] {
+            cfg.properties.insert(k.into(), v.into());
+        }
+        let mut cc = base_config(&cfg);
+        apply_overrides(&mut cc, &cfg, false);
+        assert_eq!(cc.get("batch.size"), None);
+        assert_eq!(cc.get("linger.ms"), None);
+        assert_eq!(cc.get("socket.keepalive.enable"), Some("true"), "shared settings reach both");
+        assert_eq!(producer_config(&cfg).get("batch.size"), Some("65536"), "the user's value wins on the producer");
+    }
 }

@@ -210,6 +210,18 @@ async fn kafka_publish_answers_for_the_whole_batch() {
     let err = bus.publisher.publish(Topic::Events, batch).await.unwrap_err();
     assert!(matches!(err, sluice::bus::BusError::TooLarge(_)), "{err:?}");
     bus.publisher.publish(Topic::Events, records(5, 2)).await.unwrap();
+    // A record over the producer's batch.size (256 KiB) but under
+    // message.max.bytes still goes, in a batch of its own; its bytes do not
+    // compress away (lz4), so the broker takes the whole batch too.
+    let mut batch = records(3, 3);
+    let mut x: u32 = 1;
+    batch[1].payload = (0..600_000)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            b'!' + (x >> 16) as u8 % 90
+        })
+        .collect();
+    bus.publisher.publish(Topic::Events, batch).await.expect("a record bigger than batch.size is produced");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

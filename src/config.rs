@@ -83,6 +83,11 @@ pub struct ServerConfig {
     /// Requests handled at once; beyond it the server answers 503 at once.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
+    /// Threads serving HTTP connections, each connection on one thread for
+    /// life; 0 (the default) means one per core available to the process
+    /// (a container's CPU limit counts).
+    #[serde(default)]
+    pub http_threads: usize,
     /// How long shutdown waits for in-flight requests and the forwarder.
     /// Match Kubernetes' `terminationGracePeriodSeconds` to it.
     #[serde(default = "default_shutdown_grace_secs")]
@@ -122,6 +127,7 @@ impl Default for ServerConfig {
             request_timeout_secs: default_request_timeout_secs(),
             header_read_timeout_secs: default_header_read_timeout_secs(),
             max_concurrent_requests: default_max_concurrent_requests(),
+            http_threads: 0,
             shutdown_grace_secs: default_shutdown_grace_secs(),
             retry_after_secs: default_retry_after_secs(),
             allow_open_mode: false,

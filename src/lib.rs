@@ -73,7 +73,11 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let bus = Bus::open(&config.bus).await.context("opening the bus")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let header_timeout = Duration::from_secs(config.server.header_read_timeout_secs);
+    let serving = server::ServeOptions {
+        header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
+        grace,
+        threads: config.server.http_threads,
+    };
 
     let server;
     if role.ingress() {
@@ -90,13 +94,15 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
         tracing::info!(listen = %listener.local_addr()?, "ingress listening");
-        server = Some(tokio::spawn(server::serve(listener, app, stop_rx.clone(), header_timeout, grace)));
+        server = Some(tokio::spawn(server::serve(listener, app, stop_rx.clone(), serving)?));
     } else {
         // A forwarder still serves health and metrics.
         let app = health_router(bus.clone(), handle.clone());
         let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
         tracing::info!(listen = %listener.local_addr()?, "health endpoint listening");
-        server = Some(tokio::spawn(server::serve(listener, app, stop_rx.clone(), header_timeout, grace)));
+        // Health and metrics only: one connection thread is plenty.
+        let serving = server::ServeOptions { threads: 1, ..serving };
+        server = Some(tokio::spawn(server::serve(listener, app, stop_rx.clone(), serving)?));
     }
 
     let forwarder = if role.forwarder() {

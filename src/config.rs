@@ -84,7 +84,7 @@ pub struct ServerConfig {
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
     /// Threads serving HTTP connections, each connection on one thread for
-    /// life; 0 (the default) means one per core available to the process
+    /// life; 0 (the default) means two per core available to the process
     /// (a container's CPU limit counts).
     #[serde(default)]
     pub http_threads: usize,

@@ -30,7 +30,7 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// How long shutdown waits for open connections' requests.
     pub grace: Duration,
-    /// Threads serving connections; 0 means one per available core.
+    /// Threads serving connections; 0 means two per available core.
     pub threads: usize,
 }
 
@@ -109,7 +109,10 @@ struct ConnectionThreads {
 impl ConnectionThreads {
     fn start(threads: usize) -> std::io::Result<ConnectionThreads> {
         let n = match threads {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            // Two per core: while librdkafka's threads or a neighbour hold a
+            // core, another connection thread can run on the other
+            // (BENCHMARKS.md, "Connection threads").
+            0 => 2 * std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
         let mut pool = ConnectionThreads { handles: vec![], stops: vec![], joins: vec![], next: 0 };
@@ -238,12 +241,12 @@ mod tests {
     }
 
     #[test]
-    fn zero_threads_means_one_per_core() {
+    fn zero_threads_means_two_per_core() {
         let _serial = SERIAL.blocking_lock();
         let pool = ConnectionThreads::start(0).unwrap();
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        assert_eq!(pool.handles.len(), cores);
-        assert_eq!(http_threads_alive(), cores);
+        assert_eq!(pool.handles.len(), 2 * cores);
+        assert_eq!(http_threads_alive(), 2 * cores);
         tokio::runtime::Runtime::new().unwrap().block_on(pool.stop());
     }
 }

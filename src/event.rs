@@ -66,16 +66,18 @@ impl Kind {
     }
 }
 
-/// Person-property operations carried with an event.
+/// Person-property operations carried with an event. `S` is how the `set`
+/// and `set_once` objects are held: parsed, or (PostHog's hot path, like
+/// its event's properties) as the client's raw JSON entries.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserProperties {
+#[serde(deny_unknown_fields, bound(deserialize = "S: Deserialize<'de> + Default"))]
+pub struct UserProperties<S = Map<String, Value>> {
     /// Properties to overwrite (`$set`).
     #[serde(default)]
-    pub set: Map<String, Value>,
+    pub set: S,
     /// Properties to write only when absent (`$set_once` / `$setOnce`).
     #[serde(default)]
-    pub set_once: Map<String, Value>,
+    pub set_once: S,
     /// Property names to remove (`$unset`).
     #[serde(default)]
     pub unset: Vec<String>,
@@ -176,7 +178,7 @@ pub struct Event<P = Map<String, Value>> {
     #[serde(default)]
     pub properties: P,
     #[serde(default)]
-    pub user_properties: UserProperties,
+    pub user_properties: UserProperties<P>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revenue: Option<Revenue>,
     /// When the event happened, after clock-skew correction.
@@ -228,8 +230,9 @@ impl Event {
 }
 
 impl<P: Serialize> Event<P> {
-    /// The same event with its properties held as `properties`.
-    pub fn with_properties<Q>(self, properties: Q) -> Event<Q> {
+    /// The same event with its properties and person properties held as
+    /// `properties` and `user_properties` (this event's own are dropped).
+    pub fn with_properties<Q>(self, properties: Q, user_properties: UserProperties<Q>) -> Event<Q> {
         Event {
             schema: self.schema,
             id: self.id,
@@ -241,7 +244,7 @@ impl<P: Serialize> Event<P> {
             distinct_id: self.distinct_id,
             email: self.email,
             properties,
-            user_properties: self.user_properties,
+            user_properties,
             revenue: self.revenue,
             timestamp: self.timestamp,
             received_at: self.received_at,
@@ -384,6 +387,22 @@ impl<'a> RawProps<'a> {
     /// Remove `key`, returning its parsed value.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
         self.remove_raw(key).and_then(parse_raw)
+    }
+
+    /// A JSON object's entries, read by the one-pass reader where it can
+    /// ([`scan`]), else by serde_json; `None` when `text` is not an object.
+    pub fn parse_object(text: &'a str) -> Option<RawProps<'a>> {
+        scan::Scan::whole_object(text).or_else(|| RawProps::parse(text).ok())
+    }
+
+    /// Add `over`'s entries; where both hold a key, `over`'s value wins (a
+    /// map's `extend`).
+    pub fn overlay(&mut self, over: RawProps<'a>) {
+        if over.0.is_empty() {
+            return;
+        }
+        self.0.extend(over.0);
+        self.keep_last_of_each_key();
     }
 }
 
@@ -673,7 +692,7 @@ mod tests {
         assert_eq!(serde_json::to_value(&raw).unwrap(), Value::Object(parsed.clone()));
         let mut e = sample();
         e.properties = parsed;
-        let raw_event = e.clone().with_properties(raw);
+        let raw_event = e.clone().with_properties(raw, UserProperties::default());
         let back = Event::from_payload(&raw_event.to_record().payload).unwrap();
         assert_eq!(back, e);
         assert_eq!(raw_event.partition_key(), e.partition_key());
@@ -690,7 +709,7 @@ mod tests {
         assert!(raw.remove_raw("token").is_some());
         assert!(raw.remove_raw("token").is_none(), "a removed entry is gone");
         assert_eq!(raw.len(), 4);
-        let e = sample().with_properties(raw);
+        let e = sample().with_properties(raw, UserProperties::default());
         let (fast, slow) = (e.clone().into_record(0), e.to_record());
         assert_eq!(fast.key, slow.key);
         let parsed = |p: &[u8]| serde_json::from_slice::<Value>(p).unwrap();
@@ -701,7 +720,7 @@ mod tests {
         assert_eq!(back.properties.len(), 4);
         assert_eq!(back.properties["b"], Value::from("last"));
         // No properties at all still makes one object.
-        let empty = sample().with_properties(RawProps::default()).into_record(0);
+        let empty = sample().with_properties(RawProps::default(), UserProperties::default()).into_record(0);
         assert!(Event::from_payload(&empty.payload).unwrap().properties.is_empty());
     }
 

@@ -39,11 +39,11 @@ pub(super) fn write_event(event: &Event<RawProps<'_>>, out: &mut Vec<u8>) {
     o.close();
 }
 
-fn user_properties(out: &mut Vec<u8>, u: &UserProperties) {
+fn user_properties(out: &mut Vec<u8>, u: &UserProperties<RawProps<'_>>) {
     let UserProperties { set, set_once, unset, other } = u;
     let mut o = Obj::open(out);
-    o.map("set", set);
-    o.map("set_once", set_once);
+    set.write_json(o.key("set"));
+    set_once.write_json(o.key("set_once"));
     o.serde("unset", unset);
     if !other.is_empty() {
         o.map("other", other);

@@ -274,6 +274,20 @@ impl<'a> Scan<'a> {
         Some((props, inner))
     }
 
+    /// `text` as one object of raw entries, or `None` (then serde_json reads it).
+    pub fn whole_object(text: &'a str) -> Option<RawProps<'a>> {
+        let mut s = Scan::new(text);
+        if s.peek()? != b'{' {
+            return None;
+        }
+        let Nested::Object(mut props) = s.nested()? else { return None };
+        if !s.at_end() {
+            return None;
+        }
+        props.keep_last_of_each_key();
+        Some(props)
+    }
+
     fn nested(&mut self) -> Option<Nested<'a>> {
         match self.peek()? {
             b'{' => {
@@ -378,6 +392,8 @@ mod tests {
         ];
         for text in read {
             assert!(agrees(text), "the reader takes {text}");
+            let whole = Scan::whole_object(text).map(|p| format!("{p:?}"));
+            assert_eq!(whole, Some(format!("{:?}", RawProps::parse(text).unwrap())), "{text}");
         }
     }
 
@@ -408,6 +424,9 @@ mod tests {
         }
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
         assert!(split(&deep).is_none(), "nesting past the strict check's threshold");
+        for text in left.iter().chain([" 1 ", "{} {}", ""].iter()) {
+            assert!(Scan::whole_object(text).is_none(), "the reader leaves {text}");
+        }
         let long = format!("{{\"a\":{}}}", "9".repeat(400));
         assert!(split(&long).is_none(), "a number past the strict check's threshold");
     }

@@ -132,7 +132,7 @@ fn take_text(obj: &mut Map<String, Value>, key: &str) -> Option<String> {
 
 /// Amplitude user-property operations → the envelope's typed operations.
 pub fn user_properties(up: Map<String, Value>) -> UserProperties {
-    let mut out = UserProperties::default();
+    let mut out: UserProperties = UserProperties::default();
     let mut plain = Map::new();
     for (op, v) in up {
         match (op.as_str(), v) {

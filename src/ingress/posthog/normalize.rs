@@ -23,7 +23,7 @@ use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::event::{Event, Kind, Library, RawProps, Source};
+use crate::event::{Event, Kind, Library, RawProps, Source, UserProperties};
 
 /// What normalization reads and lifts out of an event's properties, whether
 /// they are parsed (`Map`) or the client's raw JSON ([`RawProps`]).
@@ -40,6 +40,15 @@ pub trait Props: Serialize {
     fn holds_object(&self, key: &str) -> bool {
         self.value(key).is_some_and(|v| v.is_object())
     }
+    /// Remove `key` when it holds an object and return that object, held
+    /// the way `self` is; otherwise an empty one, and `key` stays.
+    fn take_object(&mut self, key: &str) -> Self
+    where
+        Self: Sized;
+    /// Add `over`'s keys; where both hold a key, `over`'s value wins.
+    fn overlay(&mut self, over: Self)
+    where
+        Self: Sized;
 }
 
 impl Props for Map<String, Value> {
@@ -48,6 +57,18 @@ impl Props for Map<String, Value> {
     }
     fn take(&mut self, key: &str) -> Option<Value> {
         self.remove(key)
+    }
+    fn take_object(&mut self, key: &str) -> Self {
+        if !self.holds_object(key) {
+            return Map::new();
+        }
+        match self.remove(key) {
+            Some(Value::Object(o)) => o,
+            _ => Map::new(),
+        }
+    }
+    fn overlay(&mut self, over: Self) {
+        self.extend(over);
     }
 }
 
@@ -63,6 +84,16 @@ impl Props for RawProps<'_> {
     }
     fn holds_object(&self, key: &str) -> bool {
         self.raw(key).is_some_and(|v| v.starts_with('{'))
+    }
+    fn take_object(&mut self, key: &str) -> Self {
+        if !self.holds_object(key) {
+            return RawProps::default();
+        }
+        // Raw values come from a parsed request: an object reads as one.
+        self.remove_raw(key).and_then(RawProps::parse_object).unwrap_or_default()
+    }
+    fn overlay(&mut self, over: Self) {
+        RawProps::overlay(self, over);
     }
 }
 
@@ -208,25 +239,14 @@ fn non_empty_str(v: Option<&Value>) -> Option<String> {
     v.and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
 }
 
-/// Take an object-valued key out of a map; non-objects stay where they are.
-fn take_object(map: &mut impl Props, key: &str) -> Map<String, Value> {
-    if !map.holds_object(key) {
-        return Map::new();
-    }
-    match map.take(key) {
-        Some(Value::Object(o)) => o,
-        _ => Map::new(),
-    }
-}
-
 /// Build the envelope for one event whose name, distinct id and id are
 /// already decided. `top` is the event object without `properties`.
-pub fn envelope<T: Props, P: Props>(
+pub fn envelope<P: Props>(
     shared: &Shared<'_>,
     name: &str,
     distinct_id: String,
     id: String,
-    mut top: T,
+    mut top: P,
     mut props: P,
 ) -> Event<P> {
     let mut ev = Event::blank(Source::Posthog, "posthog", shared.token, kind_of(name), name, shared.now);
@@ -242,11 +262,14 @@ pub fn envelope<T: Props, P: Props>(
         shared.now,
     );
 
-    // Person properties: the top-level form overrides the nested one.
-    let mut set = take_object(&mut props, "$set");
-    set.extend(take_object(&mut top, "$set"));
-    let mut set_once = take_object(&mut props, "$set_once");
-    set_once.extend(take_object(&mut top, "$set_once"));
+    // Person properties: the top-level form overrides the nested one. They
+    // stay in the form the properties are in (PostHog's hot path: the
+    // client's raw JSON, neither parsed into a tree nor re-encoded).
+    let mut set = props.take_object("$set");
+    set.overlay(top.take_object("$set"));
+    let mut set_once = props.take_object("$set_once");
+    set_once.overlay(top.take_object("$set_once"));
+    let mut unset = vec![];
     let unset_names = match props.value("$unset").as_deref() {
         Some(Value::Array(names)) if names.iter().all(Value::is_string) => {
             Some(names.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
@@ -255,14 +278,12 @@ pub fn envelope<T: Props, P: Props>(
     };
     if let Some(names) = unset_names {
         props.discard("$unset");
-        ev.user_properties.unset = names;
+        unset = names;
     }
 
-    ev.email = non_empty_str(set.get("email"))
+    ev.email = non_empty_str(set.value("email").as_deref())
         .or_else(|| non_empty_str(props.value("$email").as_deref()))
         .or_else(|| non_empty_str(props.value("email").as_deref()));
-    ev.user_properties.set = set;
-    ev.user_properties.set_once = set_once;
 
     if let Some(anon) = props.value("$anon_distinct_id").and_then(|v| distinct_id_text(&v)) {
         props.discard("$anon_distinct_id");
@@ -301,7 +322,7 @@ pub fn envelope<T: Props, P: Props>(
     // travel on as an event property.
     props.discard("token");
     props.discard("distinct_id");
-    ev.with_properties(props)
+    ev.with_properties(props, UserProperties { set, set_once, unset, other: Map::new() })
 }
 
 #[cfg(test)]
@@ -428,6 +449,32 @@ mod tests {
         assert_eq!(Value::Object(ev.properties.clone()), json!({"$email": "other@x.io", "keep": true}));
         assert_eq!(ev.timestamp, t("2026-03-01T11:00:00Z"));
         assert_eq!(ev.received_at, now);
+    }
+
+    /// PostHog's hot path keeps `$set` / `$set_once` as the client's raw
+    /// JSON: the same envelope as the parsed path, the top level winning,
+    /// a repeated key keeping its last value, the client's text verbatim.
+    #[test]
+    fn raw_person_properties_make_the_envelope_parsed_ones_make() {
+        let now = t("2026-03-01T12:00:00Z");
+        let top = r#"{"$set": {"email": "top@x.io", "plan": "pro", "plan": "max"}, "$set_once": {"first": 1},
+            "timestamp": "2026-03-01T11:00:00Z"}"#;
+        let props = r#"{"$set": {"email": "inner@x.io", "name": "Ad\u0061", "n": 1.50}, "$set_once": {"first": 0},
+            "$unset": ["old"], "keep": true, "$set_once": {"src": "ad"}}"#;
+        let parsed = |text: &str| serde_json::from_str::<Map<String, Value>>(text).unwrap();
+        let from_map = envelope(&shared(now), "$identify", "u1".into(), "i".into(), parsed(top), parsed(props));
+        let raw = |text| RawProps::parse(text).unwrap();
+        let from_raw = envelope(&shared(now), "$identify", "u1".into(), "i".into(), raw(top), raw(props));
+        assert_eq!(from_raw.email.as_deref(), Some("top@x.io"));
+        let record = from_raw.into_record(0);
+        let text = std::str::from_utf8(&record.payload).unwrap();
+        assert!(text.contains(r#""name":"Ad\u0061","n":1.50"#), "{text}");
+        assert_eq!(Event::from_payload(&record.payload).unwrap(), from_map);
+        assert_eq!(
+            Value::Object(from_map.user_properties.set),
+            json!({"email": "top@x.io", "plan": "max", "name": "Ada", "n": 1.5})
+        );
+        assert_eq!(Value::Object(from_map.user_properties.set_once), json!({"first": 1, "src": "ad"}));
     }
 
     #[test]

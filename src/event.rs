@@ -297,9 +297,10 @@ pub struct RawProps<'a>(Vec<(Cow<'a, str>, Option<&'a str>)>);
 
 impl<'a> RawProps<'a> {
     /// Parse one JSON object, borrowing every value (and every key without
-    /// escapes) from `text`.
+    /// escapes) from `text`: the one-pass reader ([`scan`]) where it can,
+    /// else serde_json, which also words the error.
     pub fn parse(text: &'a str) -> Result<RawProps<'a>, serde_json::Error> {
-        serde_json::from_str(text)
+        scan::Scan::whole_object(text).map_or_else(|| serde_json::from_str(text), Ok)
     }
 
     /// Write the object as JSON: values verbatim, and keys verbatim too
@@ -387,12 +388,6 @@ impl<'a> RawProps<'a> {
     /// Remove `key`, returning its parsed value.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
         self.remove_raw(key).and_then(parse_raw)
-    }
-
-    /// A JSON object's entries, read by the one-pass reader where it can
-    /// ([`scan`]), else by serde_json; `None` when `text` is not an object.
-    pub fn parse_object(text: &'a str) -> Option<RawProps<'a>> {
-        scan::Scan::whole_object(text).or_else(|| RawProps::parse(text).ok())
     }
 
     /// Add `over`'s entries; where both hold a key, `over`'s value wins (a

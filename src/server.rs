@@ -7,7 +7,7 @@
 //! threads, each running a single-threaded tokio runtime, and stay on their
 //! thread for life. The work-stealing runtime moved requests and their
 //! wake-ups between cores; on two cores this cut the CPU per PostHog event
-//! by 3–8 % (BENCHMARKS.md, "Connection threads").
+//! by 3–8 % (BENCHMARKS.md, "Connection threads and raw `$set`").
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -111,7 +111,7 @@ impl ConnectionThreads {
         let n = match threads {
             // Two per core: while librdkafka's threads or a neighbour hold a
             // core, another connection thread can run on the other
-            // (BENCHMARKS.md, "Connection threads").
+            // (BENCHMARKS.md, "Connection threads and raw `$set`").
             0 => 2 * std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };

@@ -27,7 +27,7 @@ use crate::event::{Event, Kind, Library, RawProps, Source, UserProperties};
 
 /// What normalization reads and lifts out of an event's properties, whether
 /// they are parsed (`Map`) or the client's raw JSON ([`RawProps`]).
-pub trait Props: Serialize {
+pub trait Props: Serialize + Sized {
     /// The value of `key`.
     fn value(&self, key: &str) -> Option<Cow<'_, Value>>;
     /// Remove `key`, returning its value.
@@ -42,13 +42,9 @@ pub trait Props: Serialize {
     }
     /// Remove `key` when it holds an object and return that object, held
     /// the way `self` is; otherwise an empty one, and `key` stays.
-    fn take_object(&mut self, key: &str) -> Self
-    where
-        Self: Sized;
+    fn take_object(&mut self, key: &str) -> Self;
     /// Add `over`'s keys; where both hold a key, `over`'s value wins.
-    fn overlay(&mut self, over: Self)
-    where
-        Self: Sized;
+    fn overlay(&mut self, over: Self);
 }
 
 impl Props for Map<String, Value> {
@@ -90,7 +86,7 @@ impl Props for RawProps<'_> {
             return RawProps::default();
         }
         // Raw values come from a parsed request: an object reads as one.
-        self.remove_raw(key).and_then(RawProps::parse_object).unwrap_or_default()
+        self.remove_raw(key).and_then(|raw| RawProps::parse(raw).ok()).unwrap_or_default()
     }
     fn overlay(&mut self, over: Self) {
         RawProps::overlay(self, over);

@@ -1,9 +1,10 @@
 //! The Kafka bus (rdkafka with its bundled librdkafka).
 //!
 //! * Producer: idempotent, `acks=all`, lz4; `publish` enqueues every record
-//!   (so they are all in flight together) and resolves when the last
-//!   delivery report arrived: the reports count down one [`Pending`] per
-//!   publish. Queue full and broker errors are retryable
+//!   in one `rd_kafka_produce_batch` call on a topic handle held for the
+//!   producer's life (so they are all in flight together) and resolves when
+//!   the last delivery report arrived: the reports count down one
+//!   [`Pending`] per publish. Queue full and broker errors are retryable
 //!   (`BusError::Unavailable`, ingress answers 503), message too large is
 //!   `BusError::TooLarge` (413). A producer left fatally broken or fenced
 //!   (Tansu fences it after an outage) is replaced by a fresh one on the next
@@ -22,12 +23,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::bindings as rdsys;
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
@@ -84,11 +86,78 @@ pub struct Pending {
 
 type Answer = tokio::sync::oneshot::Receiver<Result<(), KafkaError>>;
 
+impl Pending {
+    /// The count-down for `messages` messages and where its answer arrives.
+    fn new(messages: usize) -> (Arc<Pending>, Answer) {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            remaining: std::sync::atomic::AtomicUsize::new(messages),
+            error: std::sync::Mutex::new(None),
+            done: std::sync::Mutex::new(Some(done)),
+        };
+        (Arc::new(pending), answer)
+    }
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 type KafkaProducer = ThreadedProducer<StatsContext>;
+
+/// A producer, its generation and its topic handles, replaced together.
+struct Live {
+    generation: u64,
+    /// librdkafka's handles for the events and dead-letter topics, held for
+    /// the producer's life: a publish neither looks its topic up by name nor
+    /// builds a C string per message (BENCHMARKS.md, "One produce call per
+    /// request"). Declared before `producer` so they are destroyed first.
+    topics: [TopicHandle; 2],
+    producer: KafkaProducer,
+}
+
+impl Live {
+    fn new(generation: u64, producer: KafkaProducer, cfg: &KafkaConfig) -> Result<Live, KafkaError> {
+        let handle = |topic| TopicHandle::new(&producer, topic_name(cfg, topic));
+        let topics = [handle(Topic::Events)?, handle(Topic::DeadLetters)?];
+        Ok(Live { generation, topics, producer })
+    }
+
+    fn topic(&self, topic: Topic) -> &TopicHandle {
+        match topic {
+            Topic::Events => &self.topics[0],
+            Topic::DeadLetters => &self.topics[1],
+        }
+    }
+}
+
+/// An application reference to a librdkafka topic (`rd_kafka_topic_t`).
+struct TopicHandle(std::ptr::NonNull<rdsys::rd_kafka_topic_t>);
+
+// SAFETY: librdkafka's topic handles may be used from any thread; producing
+// on one is thread-safe, and the handle is destroyed once, on drop.
+unsafe impl Send for TopicHandle {}
+unsafe impl Sync for TopicHandle {}
+
+impl TopicHandle {
+    fn new(producer: &KafkaProducer, name: &str) -> Result<TopicHandle, KafkaError> {
+        let c_name = std::ffi::CString::new(name).map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+        // SAFETY: the client pointer is live for the call; a null topic
+        // configuration means the producer's defaults.
+        let raw =
+            unsafe { rdsys::rd_kafka_topic_new(producer.client().native_ptr(), c_name.as_ptr(), std::ptr::null_mut()) };
+        std::ptr::NonNull::new(raw)
+            .map(TopicHandle)
+            .ok_or_else(|| KafkaError::ClientCreation(format!("librdkafka refused a handle for topic {name}")))
+    }
+}
+
+impl Drop for TopicHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by rd_kafka_topic_new and destroyed only here.
+        unsafe { rdsys::rd_kafka_topic_destroy(self.0.as_ptr()) }
+    }
+}
 
 pub struct KafkaBus {
     cfg: KafkaConfig,
@@ -96,10 +165,10 @@ pub struct KafkaBus {
 }
 
 pub struct KafkaPublisher {
-    /// The live producer and its generation. Replaced after a fatal error
-    /// (an idempotent producer that is fenced or lost its sequence after a
-    /// broker outage never recovers by itself).
-    producer: std::sync::RwLock<(u64, KafkaProducer)>,
+    /// The live producer. Replaced after a fatal error (an idempotent
+    /// producer that is fenced or lost its sequence after a broker outage
+    /// never recovers by itself).
+    producer: std::sync::RwLock<Arc<Live>>,
     producer_config: ClientConfig,
     cfg: KafkaConfig,
 }
@@ -180,8 +249,9 @@ impl KafkaBus {
         if cfg.create_topics {
             ensure_topics(cfg).await?;
         }
+        let live = Arc::new(Live::new(0, producer, cfg)?);
         let publisher =
-            KafkaPublisher { producer: std::sync::RwLock::new((0, producer)), producer_config: pc, cfg: cfg.clone() };
+            KafkaPublisher { producer: std::sync::RwLock::new(live), producer_config: pc, cfg: cfg.clone() };
         Ok(KafkaBus { cfg: cfg.clone(), publisher: Arc::new(publisher) })
     }
 
@@ -225,51 +295,91 @@ fn broken_producer(code: RDKafkaErrorCode) -> bool {
 }
 
 impl KafkaPublisher {
-    fn current(&self) -> (u64, KafkaProducer) {
+    fn current(&self) -> Arc<Live> {
         self.producer.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// After a failed publish: when librdkafka reports the producer fatally
     /// broken, put a fresh one in its place (once per generation), so the
     /// process recovers when the broker does, without a restart.
-    fn replace_if_fatal(&self, generation: u64, failed: &KafkaProducer, error: &KafkaError) {
-        let fatal = match failed.client().fatal_error() {
+    fn replace_if_fatal(&self, failed: &Live, error: &KafkaError) {
+        let fatal = match failed.producer.client().fatal_error() {
             Some((code, reason)) => format!("{code:?}: {reason}"),
             None if error.rdkafka_error_code().is_some_and(broken_producer) => error.to_string(),
             None => return,
         };
         let mut slot = self.producer.write().unwrap_or_else(|p| p.into_inner());
-        if slot.0 != generation {
+        if slot.generation != failed.generation {
             return; // another publish replaced it already
         }
-        match self.producer_config.create_with_context::<_, KafkaProducer>(StatsContext) {
+        let generation = failed.generation + 1;
+        let fresh = self
+            .producer_config
+            .create_with_context::<_, KafkaProducer>(StatsContext)
+            .and_then(|producer| Live::new(generation, producer, &self.cfg));
+        match fresh {
             Ok(fresh) => {
-                tracing::warn!(error = %fatal, generation = generation + 1, "Kafka producer hit a fatal error; replaced it");
+                tracing::warn!(error = %fatal, generation, "Kafka producer hit a fatal error; replaced it");
                 m::producer_replaced();
-                *slot = (generation + 1, fresh);
+                *slot = Arc::new(fresh);
             }
             Err(e) => tracing::error!(error = %e, "Kafka producer hit a fatal error and cannot be replaced"),
         }
     }
 
-    /// Hand every record to librdkafka, which copies it into its own queue.
-    /// Every record goes in before any report is awaited, so a publish's
-    /// messages are in flight together. A refused message (queue full)
+    /// Hand every record to librdkafka in one `rd_kafka_produce_batch` call;
+    /// it copies each into its own queue and partitions it by key. Every
+    /// record goes in before any report is awaited, so a publish's messages
+    /// are in flight together. A refused message (queue full, too large)
     /// fails the publish; the ones already enqueued still go out.
-    fn enqueue(producer: &KafkaProducer, name: &str, records: &[Record]) -> Result<Answer, KafkaError> {
-        let (done, answer) = tokio::sync::oneshot::channel();
-        let pending = Arc::new(Pending {
-            remaining: std::sync::atomic::AtomicUsize::new(records.len()),
-            error: std::sync::Mutex::new(None),
-            done: std::sync::Mutex::new(Some(done)),
-        });
-        for r in records {
-            let rec = BaseRecord::with_opaque_to(name, pending.clone()).key(&r.key).payload(&r.payload);
-            producer.send(rec).map_err(|(e, _)| e)?;
+    fn enqueue(topic: &TopicHandle, records: &[Record], pending: &Arc<Pending>) -> Result<(), KafkaError> {
+        let mut messages: Vec<rdsys::rd_kafka_message_t> = records
+            .iter()
+            .map(|r| rdsys::rd_kafka_message_t {
+                err: rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+                rkt: std::ptr::null_mut(),
+                partition: UNASSIGNED_PARTITION,
+                payload: r.payload.as_ptr() as *mut std::ffi::c_void,
+                len: r.payload.len(),
+                key: r.key.as_ptr() as *mut std::ffi::c_void,
+                key_len: r.key.len(),
+                offset: 0,
+                // Each message owns one reference; its delivery report
+                // (StatsContext::delivery) takes it back.
+                _private: Arc::into_raw(pending.clone()) as *mut std::ffi::c_void,
+            })
+            .collect();
+        let count = std::ffi::c_int::try_from(messages.len()).expect("a publish holds fewer than 2^31 records");
+        // SAFETY: the topic handle is live; the messages point into
+        // `records`, which outlive the call, and RD_KAFKA_MSG_F_COPY makes
+        // librdkafka copy payloads and keys before it returns.
+        let enqueued = unsafe {
+            rdsys::rd_kafka_produce_batch(
+                topic.0.as_ptr(),
+                UNASSIGNED_PARTITION,
+                rdsys::RD_KAFKA_MSG_F_COPY,
+                messages.as_mut_ptr(),
+                count,
+            )
+        };
+        if enqueued == count {
+            return Ok(());
         }
-        Ok(answer)
+        let mut first = None;
+        for refused in messages.iter().filter(|m| m.err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR) {
+            // SAFETY: librdkafka took no reference for a refused message;
+            // this is the one `Arc::into_raw` above made for it.
+            drop(unsafe { Arc::from_raw(refused._private as *const Pending) });
+            first.get_or_insert(refused.err);
+        }
+        let code = first.map_or(RDKafkaErrorCode::Fail, RDKafkaErrorCode::from);
+        Err(KafkaError::MessageProduction(code))
     }
 }
+
+/// `RD_KAFKA_PARTITION_UA`: let the topic's partitioner place each message
+/// by its key.
+const UNASSIGNED_PARTITION: i32 = -1;
 
 #[async_trait]
 impl Publisher for KafkaPublisher {
@@ -277,28 +387,30 @@ impl Publisher for KafkaPublisher {
         if records.is_empty() {
             return Ok(());
         }
-        let name = topic_name(&self.cfg, topic);
-        let (generation, producer) = self.current();
-        let enqueued = Self::enqueue(&producer, name, &records);
+        let live = self.current();
+        let (pending, answer) = Pending::new(records.len());
+        let enqueued = Self::enqueue(live.topic(topic), &records, &pending);
         // librdkafka holds its own copies now: a publish waiting for its
         // delivery reports does not keep a second one.
         drop(records);
+        drop(pending);
         let result = match enqueued {
             // A closed channel: librdkafka dropped messages unreported.
-            Ok(answer) => answer.await.unwrap_or(Err(KafkaError::Canceled)),
+            Ok(()) => answer.await.unwrap_or(Err(KafkaError::Canceled)),
             Err(e) => Err(e),
         };
         result.map_err(|e| {
-            self.replace_if_fatal(generation, &producer, &e);
+            self.replace_if_fatal(&live, &e);
             map_err(&e)
         })
     }
 
     async fn ready(&self) -> Result<(), BusError> {
-        let client = self.current().1;
+        let live = self.current();
         let topic = self.cfg.topic.clone();
         tokio::task::spawn_blocking(move || {
-            let md = client.client().fetch_metadata(Some(&topic), Duration::from_secs(3)).map_err(|e| map_err(&e))?;
+            let md =
+                live.producer.client().fetch_metadata(Some(&topic), Duration::from_secs(3)).map_err(|e| map_err(&e))?;
             match md.topics().first() {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
                 _ => Err(BusError::Unavailable(format!("topic {topic} not available"))),
@@ -309,8 +421,8 @@ impl Publisher for KafkaPublisher {
     }
 
     async fn flush(&self, timeout: Duration) -> Result<(), BusError> {
-        let p = self.current().1;
-        tokio::task::spawn_blocking(move || p.flush(timeout).map_err(|e| map_err(&e)))
+        let live = self.current();
+        tokio::task::spawn_blocking(move || live.producer.flush(timeout).map_err(|e| map_err(&e)))
             .await
             .map_err(|e| BusError::Fatal(e.to_string()))?
     }
@@ -450,5 +562,31 @@ mod tests {
         assert_eq!(cc.get("linger.ms"), None);
         assert_eq!(cc.get("socket.keepalive.enable"), Some("true"), "shared settings reach both");
         assert_eq!(producer_config(&cfg).get("batch.size"), Some("65536"), "the user's value wins on the producer");
+    }
+
+    /// The references handed to librdkafka with each message come back
+    /// exactly once: at once for a refused message, by the delivery report
+    /// (here: the purge when the producer is dropped) for an enqueued one.
+    #[test]
+    fn every_message_reference_comes_back_once() {
+        let mut cfg = KafkaConfig { brokers: "127.0.0.1:9".into(), ..KafkaConfig::default() };
+        cfg.properties.insert("queue.buffering.max.messages".into(), "3".into());
+        let producer = producer_config(&cfg).create_with_context(StatsContext).unwrap();
+        let live = Live::new(0, producer, &cfg).unwrap();
+        let records: Vec<Record> =
+            (0..5).map(|i| Record { key: format!("k{i}").into_bytes(), payload: vec![b'x'; 10] }).collect();
+        let (pending, mut answer) = Pending::new(records.len());
+        let err = KafkaPublisher::enqueue(live.topic(Topic::Events), &records, &pending).unwrap_err();
+        assert_eq!(err.rdkafka_error_code(), Some(RDKafkaErrorCode::QueueFull), "{err}");
+        assert!(matches!(map_err(&err), BusError::Unavailable(_)));
+        assert_eq!(Arc::strong_count(&pending), 1 + 3, "three messages queued, two refused and released");
+        drop(live);
+        assert_eq!(Arc::strong_count(&pending), 1, "the purged messages' reports released theirs");
+        drop(pending);
+        assert_eq!(
+            answer.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed),
+            "a publish refused at enqueue is answered by its error, never by the reports"
+        );
     }
 }

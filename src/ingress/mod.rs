@@ -207,8 +207,9 @@ pub fn router(state: AppState) -> Router {
         .merge(webhook::routes());
     // A disabled connector's routes are not mounted: 404, like any unknown path.
     if connectors.posthog.enabled || connectors.amplitude.enabled {
-        app =
-            app.route("/batch", any(batch).layer(posthog::cors())).route("/batch/", any(batch).layer(posthog::cors()));
+        app = app
+            .route("/batch", any(batch).layer(middleware::from_fn(posthog::cors)))
+            .route("/batch/", any(batch).layer(middleware::from_fn(posthog::cors)));
     }
     if connectors.posthog.enabled {
         app = app.merge(posthog::routes());

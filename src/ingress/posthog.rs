@@ -21,7 +21,6 @@ mod tests;
 pub mod v1;
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -31,7 +30,6 @@ use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
-use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use super::{publish_records, refuse, AppState, Dialect, IngressError, RawRequest};
 use crate::bus::Record;
@@ -172,20 +170,50 @@ pub fn routes() -> Router<AppState> {
         r = r.route(path, get(capture).post(capture)).route(&format!("{path}/"), get(capture).post(capture));
     }
     r = r.route(v1::PATH, post(v1::capture)).route(&format!("{}/", v1::PATH), post(v1::capture));
-    r.layer(cors())
+    r.layer(axum::middleware::from_fn(cors))
 }
 
 /// posthog-js runs on the customer's own origin, and some of its transports
 /// send credentialed requests; a credentialed response must name the origin
 /// (never `*`), so the caller's origin, method and headers are reflected, as
-/// PostHog does. Every OPTIONS is answered by this layer.
-pub fn cors() -> CorsLayer {
-    CorsLayer::new()
-        .allow_origin(AllowOrigin::mirror_request())
-        .allow_credentials(true)
-        .allow_methods(AllowMethods::mirror_request())
-        .allow_headers(AllowHeaders::mirror_request())
-        .max_age(Duration::from_secs(3600))
+/// PostHog does. Every OPTIONS is answered here (200, empty), as a preflight.
+///
+/// The headers are the ones tower-http's `CorsLayer` writes when set to
+/// mirror the request with credentials and a one-hour max age (a test holds
+/// the two side by side). A middleware of its own because axum clones a
+/// route's layers for every request, and that layer's clone plus the `Vary`
+/// value it joins anew each time cost about 2 % of a PostHog request's CPU
+/// (BENCHMARKS.md, "One produce call per request").
+pub async fn cors(req: Request, next: axum::middleware::Next) -> Response {
+    use axum::http::header::{self, HeaderValue};
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut resp = if req.method() == axum::http::Method::OPTIONS {
+        let mut resp = StatusCode::OK.into_response();
+        let mirrored = [
+            (header::ACCESS_CONTROL_REQUEST_METHOD, header::ACCESS_CONTROL_ALLOW_METHODS),
+            (header::ACCESS_CONTROL_REQUEST_HEADERS, header::ACCESS_CONTROL_ALLOW_HEADERS),
+        ];
+        for (asked, allowed) in mirrored {
+            if let Some(v) = req.headers().get(asked) {
+                resp.headers_mut().insert(allowed, v.clone());
+            }
+        }
+        resp.headers_mut().insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("3600"));
+        resp
+    } else {
+        next.run(req).await
+    };
+    let headers = resp.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    if let Some(origin) = origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
+    // Appended: a response's own Vary values stay.
+    headers.append(
+        header::VARY,
+        HeaderValue::from_static("origin, access-control-request-method, access-control-request-headers"),
+    );
+    resp
 }
 
 async fn capture(State(state): State<AppState>, req: Request) -> Response {

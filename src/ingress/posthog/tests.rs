@@ -382,3 +382,60 @@ fn body_reader_agrees_with_the_serde_path() {
     }
     assert!(answered >= 9, "the reader answered {answered} of {}", bodies.len());
 }
+
+/// The CORS middleware answers what tower-http's `CorsLayer` answers when it
+/// mirrors the request with credentials and a one-hour max age (how Sluice
+/// configured it before): same status, headers and body for preflights,
+/// plain and credential-less requests, with and without the asking headers.
+#[tokio::test]
+async fn cors_middleware_answers_like_the_mirroring_cors_layer() {
+    use std::time::Duration;
+
+    use axum::body::{Body, Bytes};
+    use axum::http::{header, Method, Request};
+    use tower::ServiceExt;
+    use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
+
+    async fn handler() -> Response {
+        ([(header::VARY, "accept-encoding"), (header::CONTENT_TYPE, "application/json")], "{\"status\":1}")
+            .into_response()
+    }
+    let ours = Router::new().route("/e/", get(handler).post(handler)).layer(axum::middleware::from_fn(cors));
+    let reference = Router::new().route("/e/", get(handler).post(handler)).layer(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::mirror_request())
+            .allow_credentials(true)
+            .allow_methods(AllowMethods::mirror_request())
+            .allow_headers(AllowHeaders::mirror_request())
+            .max_age(Duration::from_secs(3600)),
+    );
+    async fn answer(router: &Router, method: &Method, asking: &[(&str, &str)]) -> (u16, Vec<(String, String)>, Bytes) {
+        let mut req = Request::builder().method(method).uri("/e/");
+        for (k, v) in asking {
+            req = req.header(*k, *v);
+        }
+        let resp = router.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let status = resp.status().as_u16();
+        let mut headers: Vec<(String, String)> =
+            resp.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string())).collect();
+        headers.sort_by(|a, b| a.0.cmp(&b.0)); // stable: one name's values keep their order
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        (status, headers, body)
+    }
+    let origin = ("origin", "https://shop.example.com");
+    let method = ("access-control-request-method", "POST");
+    let asked_headers = ("access-control-request-headers", "content-type, x-posthog-token");
+    let cases: &[(Method, &[(&str, &str)])] = &[
+        (Method::OPTIONS, &[origin, method, asked_headers]),
+        (Method::OPTIONS, &[origin, method]),
+        (Method::OPTIONS, &[]),
+        (Method::POST, &[origin]),
+        (Method::POST, &[]),
+        (Method::GET, &[origin, method]),
+    ];
+    for (m, asking) in cases {
+        let got = answer(&ours, m, asking).await;
+        assert_eq!(got, answer(&reference, m, asking).await, "{m} {asking:?}");
+        assert!(got.1.iter().any(|(k, v)| k == "access-control-allow-credentials" && v == "true"), "{m} {asking:?}");
+    }
+}

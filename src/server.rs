@@ -5,9 +5,13 @@
 //!
 //! Accepted connections are dealt round-robin to `server.http_threads`
 //! threads, each running a single-threaded tokio runtime, and stay on their
-//! thread for life. The work-stealing runtime moved requests and their
-//! wake-ups between cores; on two cores this cut the CPU per PostHog event
-//! by 3–8 % (BENCHMARKS.md, "Connection threads and raw `$set`").
+//! thread for life: the socket moves to that runtime's reactor too, so its
+//! readiness wakes the thread that serves it, not a worker of the accepting
+//! runtime that would then wake it. The work-stealing runtime moved requests
+//! and their wake-ups between cores; on two cores this cut the CPU per
+//! PostHog event by 3–8 % (BENCHMARKS.md, "Connection threads and raw
+//! `$set`"), and the socket's own reactor 2–3 % more ("One produce call per
+//! request").
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -76,6 +80,16 @@ async fn accept_loop(
             _ = &mut stopped => break,
         };
         let _ = stream.set_nodelay(true);
+        // The socket leaves this runtime's reactor and joins the connection
+        // thread's: its readiness then wakes that thread directly, not a
+        // worker here that would have to wake it in turn.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand an accepted connection over");
+                continue;
+            }
+        };
         let router = app.clone();
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
@@ -84,10 +98,14 @@ async fn accept_loop(
                 Ok::<_, Infallible>(router.oneshot(req.map(axum::body::Body::new)).await.unwrap_or_else(|e| match e {}))
             }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         threads.next().spawn(async move {
-            let _ = conn.await;
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => return tracing::warn!(error = %e, "cannot register a connection"),
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+            let _ = watcher.watch(conn).await;
         });
     }
     drop(listener);
@@ -238,6 +256,39 @@ mod tests {
         stop_tx.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server stops").unwrap();
         assert_eq!(http_threads_alive(), 0, "the connection threads exit with the server");
+    }
+
+    /// Once handed to its thread a connection is that thread's alone: its
+    /// socket sits in the thread's own reactor, so a request on it is
+    /// answered while the runtime that accepted it is not running at all.
+    #[test]
+    fn an_accepted_connection_does_not_need_the_accepting_runtime() {
+        use std::io::{Read, Write};
+        let _serial = SERIAL.blocking_lock();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let app = Router::new().route("/", get(|| async { "served" }));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let opts =
+            ServeOptions { header_read_timeout: Duration::from_secs(5), grace: Duration::from_secs(5), threads: 1 };
+        let (addr, server) = rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            (addr, tokio::spawn(serve(listener, app, stop_rx, opts).unwrap()))
+        });
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Let the accept loop take the connection and hand it over...
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+        // ...then ask, with the accepting runtime parked outside `block_on`.
+        client.write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).expect("answered without the accepting runtime");
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("served"), "{answer}");
+
+        stop_tx.send(true).unwrap();
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), server).await })
+            .expect("the server stops")
+            .unwrap();
     }
 
     #[test]

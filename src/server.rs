@@ -275,11 +275,29 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             (addr, tokio::spawn(serve(listener, app, stop_rx, opts).unwrap()))
         });
-        let mut client = std::net::TcpStream::connect(addr).unwrap();
-        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        // Let the accept loop take the connection and hand it over...
-        rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
-        // ...then ask, with the accepting runtime parked outside `block_on`.
+        // A first request while the accepting runtime runs: once answered,
+        // the connection has been accepted and handed to its thread.
+        let first = std::thread::spawn(move || {
+            let mut client = std::net::TcpStream::connect(addr).unwrap();
+            client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            client.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
+            let mut answer = Vec::new();
+            let mut chunk = [0u8; 512];
+            while !answer.ends_with(b"served") {
+                let n = client.read(&mut chunk).expect("the first answer");
+                assert!(n > 0, "closed before the first answer");
+                answer.extend_from_slice(&chunk[..n]);
+            }
+            client
+        });
+        rt.block_on(async {
+            while !first.is_finished() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let mut client = first.join().unwrap();
+        // Then a second on the same connection, with the accepting runtime
+        // parked outside `block_on`.
         client.write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").unwrap();
         let mut answer = String::new();
         client.read_to_string(&mut answer).expect("answered without the accepting runtime");

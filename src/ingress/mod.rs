@@ -207,9 +207,8 @@ pub fn router(state: AppState) -> Router {
         .merge(webhook::routes());
     // A disabled connector's routes are not mounted: 404, like any unknown path.
     if connectors.posthog.enabled || connectors.amplitude.enabled {
-        app = app
-            .route("/batch", any(batch).layer(middleware::from_fn(posthog::cors)))
-            .route("/batch/", any(batch).layer(middleware::from_fn(posthog::cors)));
+        let shared_batch = any(batch).layer(middleware::from_fn(posthog::cors));
+        app = app.route("/batch", shared_batch.clone()).route("/batch/", shared_batch);
     }
     if connectors.posthog.enabled {
         app = app.merge(posthog::routes());

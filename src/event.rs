@@ -272,6 +272,18 @@ impl<P: Serialize> Event<P> {
         let _ = serde_json::to_writer(&mut payload, self);
         crate::bus::Record { key: self.partition_key().into_bytes(), payload }
     }
+
+    /// [`Event::to_record`] for one of many: serialized into `scratch`
+    /// (cleared first, its capacity kept for the next event) and copied out
+    /// at its exact length. A record waiting for its commit then holds no
+    /// growth slack: Amplitude's ~670-byte envelopes had grown
+    /// `to_record`'s 512-byte buffer to 1,024 bytes, a third of the memory
+    /// of every request waiting on the bus.
+    pub fn to_record_in(&self, scratch: &mut Vec<u8>) -> crate::bus::Record {
+        scratch.clear();
+        let _ = serde_json::to_writer(&mut *scratch, self);
+        crate::bus::Record { key: self.partition_key().into_bytes(), payload: scratch.as_slice().to_vec() }
+    }
 }
 
 impl<'a> Event<RawProps<'a>> {
@@ -695,6 +707,22 @@ mod tests {
         assert_eq!(raw.remove("a\"q"), Some(serde_json::json!(2.5)));
         assert!(raw.raw("a\"q").is_none());
         assert!(RawProps::parse("[1]").is_err());
+    }
+
+    /// Records made through one scratch buffer are the records `to_record`
+    /// makes, each payload at its exact length, whatever the previous event
+    /// left in the buffer.
+    #[test]
+    fn to_record_in_copies_each_payload_out_at_its_length() {
+        let mut long = sample();
+        long.properties.insert("note".into(), Value::from("x".repeat(3000)));
+        let mut scratch = Vec::new();
+        for e in [long, sample()] {
+            let (shared, own) = (e.to_record_in(&mut scratch), e.to_record());
+            assert_eq!((&shared.key, &shared.payload), (&own.key, &own.payload));
+            assert_eq!(shared.payload.capacity(), shared.payload.len());
+        }
+        assert!(scratch.capacity() >= 3000, "the buffer keeps its capacity for the next event");
     }
 
     #[test]

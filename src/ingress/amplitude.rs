@@ -217,11 +217,13 @@ async fn ingest(
         }
     }
 
+    // What the request keeps while it waits on the bus is only what it
+    // needs after: the new ids and, when throttling, the senders.
     let mut keys = Vec::new();
     let mut in_request = HashSet::new();
     let mut repeated_in_request = 0;
     let mut events: Vec<Event> = Vec::with_capacity(n);
-    let mut who = Vec::with_capacity(n);
+    let mut who = Vec::with_capacity(if amp.throttle.enabled() { n } else { 0 });
     for a in accepted {
         let fresh = match &a.insert_id {
             None => true,
@@ -242,8 +244,11 @@ async fn ingest(
         if fresh {
             events.push(a.event);
         }
-        who.push((a.user_id, a.device_id));
+        if amp.throttle.enabled() {
+            who.push((a.user_id, a.device_id));
+        }
     }
+    drop(in_request);
     if repeated_in_request > 0 {
         m::dedup_hit(DEDUP_STORE, repeated_in_request);
     }

@@ -158,7 +158,10 @@ impl RawRequest {
 /// waiting for its delivery report holds only the records (about a quarter of
 /// the decoded events' memory), which bounds RSS under load.
 pub async fn publish(state: &AppState, source: &'static str, events: Vec<Event>) -> Result<(), IngressError> {
-    let records = events.iter().map(Event::to_record).collect();
+    let records = {
+        let mut scratch = Vec::with_capacity(4096);
+        events.iter().map(|e| e.to_record_in(&mut scratch)).collect()
+    };
     drop(events);
     publish_records(state, source, records).await
 }

@@ -191,8 +191,12 @@ pub(crate) struct Store {
 const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// redb's page cache. Its default (1 GiB) let the process grow past a
-/// gigabyte under load; the log is written once and read once, soon after,
-/// so a small cache loses nothing.
+/// gigabyte under load; the log is written once and read once, soon after.
+/// A tenth of it is redb's write buffer, smaller than a commit group, so a
+/// group's pages are written out before the leaf splits copy them: about
+/// twice the record bytes reach the page cache. 64 MiB halved those writes
+/// without changing the rate and held 80–120 MB more (BENCHMARKS.md,
+/// "Records at their exact length").
 pub const CACHE_BYTES: usize = 8 << 20;
 
 fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {

@@ -210,7 +210,8 @@ async fn ingest(
     let amp = &state.amplitude;
     let n = accepted.len();
     let now_sec = received_at.timestamp();
-    if amp.throttle.enabled() {
+    let throttling = amp.throttle.enabled();
+    if throttling {
         let who: Vec<Sender<'_>> = accepted.iter().map(|a| sender(&a.user_id, &a.device_id)).collect();
         if let Err(e) = amp.throttle.check(project, &who, now_sec) {
             return refuse(SOURCE, Dialect::Amplitude, e, n);
@@ -223,7 +224,7 @@ async fn ingest(
     let mut in_request = HashSet::new();
     let mut repeated_in_request = 0;
     let mut events: Vec<Event> = Vec::with_capacity(n);
-    let mut who = Vec::with_capacity(if amp.throttle.enabled() { n } else { 0 });
+    let mut who = Vec::with_capacity(if throttling { n } else { 0 });
     for a in accepted {
         let fresh = match &a.insert_id {
             None => true,
@@ -244,7 +245,7 @@ async fn ingest(
         if fresh {
             events.push(a.event);
         }
-        if amp.throttle.enabled() {
+        if throttling {
             who.push((a.user_id, a.device_id));
         }
     }
@@ -257,7 +258,7 @@ async fn ingest(
         return refuse(SOURCE, Dialect::Amplitude, e, n);
     }
     amp.dedup.remember(keys.iter().map(String::as_str));
-    if amp.throttle.enabled() {
+    if throttling {
         let who: Vec<Sender<'_>> = who.iter().map(|(u, d)| sender(u, d)).collect();
         amp.throttle.record(project, &who, now_sec);
     }

@@ -156,7 +156,8 @@ impl RawRequest {
 /// Publish events durably; the handler may answer 2xx only after `Ok`.
 /// Takes the events by value and drops them once serialized: a request
 /// waiting for its delivery report holds only the records (about a quarter of
-/// the decoded events' memory), which bounds RSS under load.
+/// the decoded events' memory), each at its exact length (one scratch buffer
+/// per request, [`Event::to_record_in`]), which bounds RSS under load.
 pub async fn publish(state: &AppState, source: &'static str, events: Vec<Event>) -> Result<(), IngressError> {
     let records = {
         let mut scratch = Vec::with_capacity(4096);

@@ -185,6 +185,19 @@ pub struct EmbeddedConfig {
     /// Publishes waiting for the same fsync; bounds the commit group.
     #[serde(default = "default_max_commit_records")]
     pub max_commit_records: usize,
+    /// How record chunks are stored: `lz4` (the default, as the Kafka
+    /// producer's `compression.type`) or `none`. Either is read back.
+    #[serde(default)]
+    pub compression: LogCompression,
+}
+
+/// Compression of the embedded log's record chunks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogCompression {
+    None,
+    #[default]
+    Lz4,
 }
 
 fn default_retention_max_bytes() -> u64 {
@@ -203,6 +216,7 @@ impl Default for EmbeddedConfig {
             retention_max_bytes: default_retention_max_bytes(),
             retention_max_age_secs: default_retention_max_age_secs(),
             max_commit_records: default_max_commit_records(),
+            compression: LogCompression::default(),
         }
     }
 }

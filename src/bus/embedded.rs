@@ -33,7 +33,7 @@ use redb::{Database, Durability, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{AckTracker, BusError, Message, Position, Publisher, Record, Subscriber, SubscriberOpener, Topic};
-use crate::config::EmbeddedConfig;
+use crate::config::{EmbeddedConfig, LogCompression};
 use crate::metrics as m;
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -73,7 +73,13 @@ fn bytes_key(topic: Topic) -> &'static str {
 /// (u32 LE), key, payload. A value without the flag is the layout before
 /// chunks, one record: millis (u64 LE), key length (u32 LE), key, payload;
 /// logs written by older versions are read as they are.
+///
+/// A compressed chunk also has [`LZ4_FLAG`] set; after the record count come
+/// the length of the records' bytes (u32 LE) and those bytes as one LZ4 block.
+/// A chunk LZ4 does not shrink is stored plain.
 const CHUNK_FLAG: u64 = 1 << 63;
+const LZ4_FLAG: u64 = 1 << 62;
+const FLAGS: u64 = CHUNK_FLAG | LZ4_FLAG;
 
 /// A chunk is closed once it holds this many bytes (a record larger than
 /// this is a chunk of its own). Sized so a chunk and redb's page header fit
@@ -86,9 +92,10 @@ fn record_len(r: &Record) -> usize {
     8 + r.key.len() + r.payload.len()
 }
 
+const LZ4_HEADER: usize = CHUNK_HEADER + 4;
+
 /// Write one chunk of `records` into `out` (exactly `CHUNK_HEADER` + the sum
-/// of [`record_len`] bytes: the writer hands redb's reserved slot, so a
-/// record is copied once).
+/// of [`record_len`] bytes).
 fn encode_chunk(appended_ms: u64, records: &[&Record], out: &mut [u8]) {
     out[..8].copy_from_slice(&(appended_ms | CHUNK_FLAG).to_le_bytes());
     out[8..12].copy_from_slice(&(records.len() as u32).to_le_bytes());
@@ -105,9 +112,8 @@ fn encode_chunk(appended_ms: u64, records: &[&Record], out: &mut [u8]) {
     debug_assert_eq!(at, out.len());
 }
 
-/// A stored value: when it was appended and its records (key, payload).
+/// A stored value's records (key, payload).
 struct Chunk<'a> {
-    appended_ms: u64,
     count: u32,
     body: Body<'a>,
 }
@@ -121,17 +127,65 @@ fn u32_at(raw: &[u8], at: usize) -> Option<usize> {
     Some(u32::from_le_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize)
 }
 
+/// Compress the plain chunk `plain` (as [`encode_chunk`] wrote it) into
+/// `out`; false, leaving `out` unspecified, when that would not be smaller.
+fn compress_chunk(plain: &[u8], out: &mut Vec<u8>) -> bool {
+    let body = &plain[CHUNK_HEADER..];
+    out.clear();
+    out.resize(LZ4_HEADER + lz4_flex::block::get_maximum_output_size(body.len()), 0);
+    let Ok(n) = lz4_flex::block::compress_into(body, &mut out[LZ4_HEADER..]) else { return false };
+    if LZ4_HEADER + n >= plain.len() {
+        return false;
+    }
+    out.truncate(LZ4_HEADER + n);
+    let head = u64::from_le_bytes(plain[..8].try_into().expect("8 bytes")) | LZ4_FLAG;
+    out[..8].copy_from_slice(&head.to_le_bytes());
+    out[8..12].copy_from_slice(&plain[8..12]);
+    out[12..16].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    true
+}
+
+/// When a stored value was appended and how many records it holds, without
+/// decompressing it.
+fn chunk_head(raw: &[u8]) -> Option<(u64, u32)> {
+    let head = u64::from_le_bytes(raw.get(0..8)?.try_into().ok()?);
+    if head & CHUNK_FLAG == 0 {
+        return Some((head, 1));
+    }
+    Some((head & !FLAGS, u32_at(raw, 8)? as u32))
+}
+
+/// An LZ4 block expands at most ~255-fold; a length field claiming more is
+/// damage, not a reason to allocate it.
+const LZ4_MAX_RATIO: usize = 255;
+
 impl<'a> Chunk<'a> {
-    fn decode(raw: &'a [u8]) -> Option<Chunk<'a>> {
-        let head = u64::from_le_bytes(raw.get(0..8)?.try_into().ok()?);
+    /// Read a stored value; a compressed chunk is decompressed into
+    /// `scratch`. `None` for a value too short or a block that does not
+    /// decompress to its stated length.
+    fn decode(raw: &'a [u8], scratch: &'a mut Vec<u8>) -> Option<Chunk<'a>> {
+        let (_, count) = chunk_head(raw)?;
+        let head = u64::from_le_bytes(raw[..8].try_into().ok()?);
         if head & CHUNK_FLAG == 0 {
             let klen = u32_at(raw, 8)?;
             let key = raw.get(12..12 + klen)?;
             let payload = raw.get(12 + klen..)?;
-            return Some(Chunk { appended_ms: head, count: 1, body: Body::Single(key, payload) });
+            return Some(Chunk { count, body: Body::Single(key, payload) });
         }
-        let count = u32_at(raw, 8)? as u32;
-        Some(Chunk { appended_ms: head & !CHUNK_FLAG, count, body: Body::Chunk(raw.get(CHUNK_HEADER..)?) })
+        if head & LZ4_FLAG == 0 {
+            return Some(Chunk { count, body: Body::Chunk(raw.get(CHUNK_HEADER..)?) });
+        }
+        let len = u32_at(raw, CHUNK_HEADER)?;
+        let block = raw.get(LZ4_HEADER..)?;
+        if len > block.len().saturating_mul(LZ4_MAX_RATIO) {
+            return None;
+        }
+        scratch.clear();
+        scratch.resize(len, 0);
+        match lz4_flex::block::decompress_into(block, scratch) {
+            Ok(n) if n == len => Some(Chunk { count, body: Body::Chunk(scratch) }),
+            _ => None,
+        }
     }
 
     /// The records in order; `None` for a record the value is too short for.
@@ -365,7 +419,7 @@ fn next_sequences(db: &Database) -> Result<[u64; 2], redb::Error> {
     for topic in [Topic::Events, Topic::DeadLetters] {
         let t = txn.open_table(table(topic))?;
         next[topic_index(topic)] = match t.last()? {
-            Some((k, v)) => k.value() + Chunk::decode(v.value()).map_or(1, |c| u64::from(c.count)),
+            Some((k, v)) => k.value() + chunk_head(v.value()).map_or(1, |(_, count)| u64::from(count)),
             None => 0,
         };
     }
@@ -376,6 +430,7 @@ fn next_sequences(db: &Database) -> Result<[u64; 2], redb::Error> {
 
 fn writer_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<WriteRequest>, mut next: [u64; 2]) {
     let mut group: Vec<WriteRequest> = Vec::new();
+    let mut bufs = ChunkBufs::default();
     let mut generation = 0;
     while let Some(first) = rx.blocking_recv() {
         let Some(inner) = inner.upgrade() else { return };
@@ -400,7 +455,7 @@ fn writer_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<WriteReques
                 next = inner.store.check(next_sequences(&db))?;
                 generation = current;
             }
-            inner.store.check(commit_group(&db, &group, &mut next))
+            inner.store.check(commit_group(&db, &group, &mut next, inner.cfg.compression, &mut bufs))
         });
         m::embedded_commit(started.elapsed(), count);
         let outcome = match result {
@@ -429,9 +484,23 @@ fn writer_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<WriteReques
     }
 }
 
+/// The writer's chunk buffers, kept from one commit to the next.
+#[derive(Default)]
+struct ChunkBufs {
+    plain: Vec<u8>,
+    packed: Vec<u8>,
+}
+
 /// One write transaction for a whole group; returns the bytes added to the
-/// events table. On failure nothing is committed and `next` is unchanged.
-fn commit_group(db: &Database, group: &[WriteRequest], next: &mut [u64; 2]) -> Result<u64, redb::Error> {
+/// events table (as stored, after compression). On failure nothing is
+/// committed and `next` is unchanged.
+fn commit_group(
+    db: &Database,
+    group: &[WriteRequest],
+    next: &mut [u64; 2],
+    compression: LogCompression,
+    bufs: &mut ChunkBufs,
+) -> Result<u64, redb::Error> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate);
     let ts = now_ms();
@@ -451,9 +520,19 @@ fn commit_group(db: &Database, group: &[WriteRequest], next: &mut [u64; 2]) -> R
                     chunk.push(r);
                 }
                 let too_large = || redb::StorageError::ValueTooLarge(len);
-                let mut slot = tables[i].insert_reserve(seq[i], u32::try_from(len).map_err(|_| too_large())?)?;
-                encode_chunk(ts, &chunk, slot.as_mut());
-                added[i] += len as u64;
+                let stored_len = if compression == LogCompression::Lz4 {
+                    bufs.plain.resize(len, 0);
+                    encode_chunk(ts, &chunk, &mut bufs.plain);
+                    let value = if compress_chunk(&bufs.plain, &mut bufs.packed) { &bufs.packed } else { &bufs.plain };
+                    tables[i].insert(seq[i], value.as_slice())?;
+                    value.len()
+                } else {
+                    // Plain: encoded straight into redb's reserved slot.
+                    let mut slot = tables[i].insert_reserve(seq[i], u32::try_from(len).map_err(|_| too_large())?)?;
+                    encode_chunk(ts, &chunk, slot.as_mut());
+                    len
+                };
+                added[i] += stored_len as u64;
                 seq[i] += chunk.len() as u64;
             }
         }
@@ -549,8 +628,7 @@ impl Inner {
                 let mut events = txn.open_table(EVENTS)?;
                 loop {
                     let Some((seq, size, ts, count)) = events.first()?.map(|(k, v)| {
-                        let chunk = Chunk::decode(v.value());
-                        let (ts, count) = chunk.map_or((0, 1), |c| (c.appended_ms, u64::from(c.count)));
+                        let (ts, count) = chunk_head(v.value()).map_or((0, 1), |(ts, n)| (ts, u64::from(n)));
                         (k.value(), v.value().len() as u64, ts, count)
                     }) else {
                         break;
@@ -679,9 +757,10 @@ impl EmbeddedSubscriber {
             let t = txn.open_table(table(self.topic))?;
             let start = t.range(..=from)?.next_back().transpose()?.map_or(from, |(k, _)| k.value());
             let mut out = Vec::new();
+            let mut scratch = Vec::new();
             'chunks: for item in t.range(start..)? {
                 let (k, v) = item?;
-                let Some(chunk) = Chunk::decode(v.value()) else {
+                let Some(chunk) = Chunk::decode(v.value(), &mut scratch) else {
                     corrupt = Some(k.value());
                     break;
                 };
@@ -834,19 +913,57 @@ mod tests {
     fn chunk_layout_round_trips_and_refuses_short_values() {
         let records = [rec(b"k1", b"{\"a\":1}"), rec(b"", b""), rec(b"key-3", b"x")];
         let raw = encode(42, &records);
-        let chunk = Chunk::decode(&raw).unwrap();
-        assert_eq!((chunk.appended_ms, chunk.count), (42, 3));
+        assert_eq!(chunk_head(&raw), Some((42, 3)));
+        let mut scratch = Vec::new();
+        let chunk = Chunk::decode(&raw, &mut scratch).unwrap();
         let got: Vec<_> = chunk.records().collect();
         assert_eq!(
             got,
             vec![Some((&b"k1"[..], &b"{\"a\":1}"[..])), Some((&b""[..], &b""[..])), Some((&b"key-3"[..], &b"x"[..]))]
         );
         // A value cut short yields the records before the cut, then None.
-        let cut = Chunk::decode(&raw[..raw.len() - 1]).unwrap();
+        let cut = Chunk::decode(&raw[..raw.len() - 1], &mut scratch).unwrap();
         let got: Vec<_> = cut.records().collect();
         assert_eq!(got.len(), 3);
         assert!(got[2].is_none() && got[1].is_some());
-        assert!(Chunk::decode(&raw[..5]).is_none());
+        assert!(Chunk::decode(&raw[..5], &mut scratch).is_none());
+    }
+
+    #[test]
+    fn compressed_chunks_round_trip_and_damage_is_refused() {
+        let records: Vec<Record> =
+            (0..40u8).map(|i| rec(&[b'k', i], format!("{{\"event\":\"signup\",\"n\":{i}}}").as_bytes())).collect();
+        let plain = encode(7, &records);
+        let mut packed = Vec::new();
+        assert!(compress_chunk(&plain, &mut packed), "repetitive JSON shrinks");
+        assert!(packed.len() < plain.len() / 2, "{} of {} bytes", packed.len(), plain.len());
+        assert_eq!(chunk_head(&packed), Some((7, 40)));
+        let mut scratch = Vec::new();
+        let got: Vec<_> = Chunk::decode(&packed, &mut scratch).unwrap().records().collect();
+        let want: Vec<_> = records.iter().map(|r| Some((&r.key[..], &r.payload[..]))).collect();
+        assert_eq!(got, want);
+        // A damaged block, a cut one, or a length field claiming more than
+        // LZ4 can expand to, reads as damage rather than as records.
+        let mut bad = packed.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        bad[LZ4_HEADER] ^= 0xff;
+        assert!(Chunk::decode(&bad, &mut scratch).is_none());
+        assert!(Chunk::decode(&packed[..packed.len() - 3], &mut scratch).is_none());
+        let mut huge = packed.clone();
+        huge[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Chunk::decode(&huge, &mut scratch).is_none());
+        // Bytes LZ4 cannot shrink stay plain.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        assert!(!compress_chunk(&encode(7, &[rec(b"n", &noise)]), &mut packed));
     }
 
     #[test]
@@ -854,8 +971,9 @@ mod tests {
         let mut old = 42u64.to_le_bytes().to_vec();
         old.extend_from_slice(&2u32.to_le_bytes());
         old.extend_from_slice(b"k1{\"a\":1}");
-        let chunk = Chunk::decode(&old).unwrap();
-        assert_eq!((chunk.appended_ms, chunk.count), (42, 1));
+        assert_eq!(chunk_head(&old), Some((42, 1)));
+        let mut scratch = Vec::new();
+        let chunk = Chunk::decode(&old, &mut scratch).unwrap();
         assert_eq!(chunk.records().collect::<Vec<_>>(), vec![Some((&b"k1"[..], &b"{\"a\":1}"[..]))]);
     }
 
@@ -918,6 +1036,39 @@ mod tests {
         assert_eq!(first[0].key, vec![b'n', 2]);
     }
 
+    /// A log written with `compression: none` and then with `lz4` (or the
+    /// other way round) reads back whole, in order; the stored size is the
+    /// compressed one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plain_and_compressed_chunks_read_back_in_one_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = |tag: u8| -> Vec<Record> {
+            (0..50u8)
+                .map(|i| rec(&[tag, i], format!("{{\"event\":\"page\",\"tag\":{tag},\"i\":{i}}}").as_bytes()))
+                .collect()
+        };
+        let mut sizes = Vec::new();
+        for (tag, compression) in [(1, LogCompression::None), (2, LogCompression::Lz4), (3, LogCompression::None)] {
+            let log =
+                EmbeddedLog::open(dir.path(), EmbeddedConfig { compression, ..EmbeddedConfig::default() }).unwrap();
+            let before = log.inner.stored_bytes.load(Ordering::Relaxed);
+            log.publish(Topic::Events, batch(tag)).await.unwrap();
+            sizes.push(log.inner.stored_bytes.load(Ordering::Relaxed) - before);
+        }
+        assert!(sizes[1] * 2 < sizes[0] && sizes[0] == sizes[2], "stored sizes {sizes:?}");
+        let log = EmbeddedLog::open(dir.path(), EmbeddedConfig::default()).unwrap();
+        let mut sub = log.open(Topic::Events).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 150 {
+            let msgs = sub.poll(64, Duration::from_secs(1)).await.unwrap();
+            assert!(!msgs.is_empty());
+            got.extend(msgs);
+        }
+        let want: Vec<Record> = (1..=3).flat_map(batch).collect();
+        assert_eq!(got.iter().map(|m| m.position.offset).collect::<Vec<_>>(), (0..150).collect::<Vec<i64>>());
+        assert!(got.iter().zip(&want).all(|(m, r)| m.key == r.key && m.payload == r.payload));
+    }
+
     /// The writer lets go of the log before answering a publish, so once the
     /// caller drops the log the file is closed and another opener (the next
     /// process: `sluice dlq list`) gets redb's lock at once. Racy by nature:
@@ -958,7 +1109,12 @@ mod tests {
         for i in 0..4u8 {
             log.publish(Topic::Events, vec![rec(&[i], &[i; 100]), rec(&[i], &[i; 100])]).await.unwrap();
         }
-        let chunk_bytes = log.inner.stored_bytes.load(Ordering::Relaxed) / 4;
+        let chunk_bytes = {
+            let db = log.inner.store.db().unwrap();
+            let txn = db.begin_read().unwrap();
+            let last = txn.open_table(EVENTS).unwrap().last().unwrap().map(|(_, v)| v.value().len() as u64);
+            last.unwrap()
+        };
         // Keep the newest chunk only, deleting one chunk per transaction.
         let cfg = EmbeddedConfig { retention_max_bytes: chunk_bytes, ..EmbeddedConfig::default() };
         drop(log);

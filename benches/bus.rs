@@ -52,7 +52,7 @@ fn embedded_group_commit(c: &mut Criterion) {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         let log: Arc<EmbeddedLog> = log.clone();
-                    let template = template.clone();
+                        let template = template.clone();
                         total += rt.block_on(async move {
                             let started = Instant::now();
                             let tasks: Vec<_> = (0..publishers)

@@ -178,6 +178,7 @@ impl Default for BusConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedConfig {
+    /// Bytes of the events table as stored (after compression).
     #[serde(default = "default_retention_max_bytes")]
     pub retention_max_bytes: u64,
     #[serde(default = "default_retention_max_age_secs")]

@@ -1,6 +1,6 @@
 //! Embedded-bus throughput: many concurrent publishers of 10-event batches
 //! (posthog-js style events of ~650 bytes, `benches/support/bodies.rs`, each
-//! with its own uuid and user), each publish waiting for its fsync'd group
+//! with its own uuid and partition key), each publish waiting for its fsync'd group
 //! commit, with the log's chunks stored LZ4-compressed (the default) and
 //! plain. Reports events/s; the figures in BENCHMARKS.md come from here.
 //!
@@ -11,6 +11,8 @@
 
 #[path = "support/bodies.rs"]
 mod bodies;
+
+use bodies::Template;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,19 +26,20 @@ const BATCH: usize = 10;
 const PUBLISHERS: [usize; 2] = [64, 256];
 const BATCHES_PER_PUBLISHER: usize = 20;
 
-/// Event `i`: its own user and uuid (the template's id slot), so chunks do
-/// not compress better than a real stream of distinct events would.
-fn record(template: &[u8], slot: usize, i: usize) -> Record {
-    let mut payload = template.to_vec();
-    payload[slot..slot + bodies::SLOT.len()].copy_from_slice(format!("{i:012x}").as_bytes());
-    Record { key: format!("posthog:phc_bench:user-{:06}", i % 100_000).into_bytes(), payload }
+/// Event `i`: the template rendered with its own uuid (its id slot), and its
+/// own partition key, so chunks do not compress better than a stream of
+/// distinct events would.
+fn record(template: &Template, i: usize) -> Record {
+    Record {
+        key: format!("posthog:phc_bench:user-{:06}", i % 100_000).into_bytes(),
+        payload: template.render(i as u64),
+    }
 }
 
 fn embedded_group_commit(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let now = bodies::rfc3339_now();
-    let template: Arc<Vec<u8>> = Arc::new(bodies::posthog_event(1, 42, &now).to_string().into_bytes());
-    let slot = template.windows(bodies::SLOT.len()).position(|w| w == bodies::SLOT.as_bytes()).unwrap();
+    let template = Arc::new(Template::new(bodies::posthog_event(1, 42, &now).to_string(), 1));
     let mut g = c.benchmark_group("embedded_bus");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(10));
@@ -62,7 +65,7 @@ fn embedded_group_commit(c: &mut Criterion) {
                                     tokio::spawn(async move {
                                         for b in 0..BATCHES_PER_PUBLISHER {
                                             let recs = (0..BATCH)
-                                                .map(|i| record(&template, slot, p * 1000 + b * BATCH + i))
+                                                .map(|i| record(&template, p * 1000 + b * BATCH + i))
                                                 .collect();
                                             log.publish(Topic::Events, recs).await.unwrap();
                                         }

@@ -132,21 +132,23 @@ fn u32_at(raw: &[u8], at: usize) -> Option<usize> {
 }
 
 /// Compress the plain chunk `plain` (as [`encode_chunk`] wrote it) into
-/// `out`; false, leaving `out` unspecified, when that would not be smaller.
-fn compress_chunk(plain: &[u8], out: &mut Vec<u8>) -> bool {
+/// `out`, which is reused from chunk to chunk: the compressed value is
+/// `out[..n]`; `None` when it would not be smaller than `plain`.
+fn compress_chunk(plain: &[u8], out: &mut Vec<u8>) -> Option<usize> {
     let body = &plain[CHUNK_HEADER..];
-    out.clear();
-    out.resize(LZ4_HEADER + lz4_flex::block::get_maximum_output_size(body.len()), 0);
-    let Ok(n) = lz4_flex::block::compress_into(body, &mut out[LZ4_HEADER..]) else { return false };
-    if LZ4_HEADER + n >= plain.len() {
-        return false;
+    let room = LZ4_HEADER + lz4_flex::block::get_maximum_output_size(body.len());
+    if out.len() < room {
+        out.resize(room, 0);
     }
-    out.truncate(LZ4_HEADER + n);
+    let n = LZ4_HEADER + lz4_flex::block::compress_into(body, &mut out[LZ4_HEADER..]).ok()?;
+    if n >= plain.len() {
+        return None;
+    }
     let head = u64::from_le_bytes(plain[..8].try_into().expect("8 bytes")) | LZ4_FLAG;
     out[..8].copy_from_slice(&head.to_le_bytes());
     out[8..12].copy_from_slice(&plain[8..12]);
     out[12..16].copy_from_slice(&(body.len() as u32).to_le_bytes());
-    true
+    Some(n)
 }
 
 /// When a stored value was appended and how many records it holds, without
@@ -184,10 +186,12 @@ impl<'a> Chunk<'a> {
         if len > block.len().saturating_mul(LZ4_MAX_RATIO) {
             return None;
         }
-        scratch.clear();
-        scratch.resize(len, 0);
-        match lz4_flex::block::decompress_into(block, scratch) {
-            Ok(n) if n == len => Some(Chunk { count, body: Body::Chunk(scratch) }),
+        if scratch.len() < len {
+            scratch.resize(len, 0);
+        }
+        let out: &'a mut [u8] = &mut scratch[..len];
+        match lz4_flex::block::decompress_into(block, out) {
+            Ok(n) if n == len => Some(Chunk { count, body: Body::Chunk(out) }),
             _ => None,
         }
     }
@@ -496,10 +500,37 @@ struct ChunkBufs {
     packed: Vec<u8>,
 }
 
+/// What the writer's buffers keep between commits: a chunk's worth. A
+/// record larger than a chunk grows them for its commit only.
+const CHUNK_BUFS_KEPT: usize = 2 * CHUNK_BYTES;
+
+impl ChunkBufs {
+    fn trim(&mut self) {
+        for b in [&mut self.plain, &mut self.packed] {
+            if b.capacity() > CHUNK_BUFS_KEPT {
+                *b = Vec::new();
+            }
+        }
+    }
+}
+
 /// One write transaction for a whole group; returns the bytes added to the
 /// events table (as stored, after compression). On failure nothing is
-/// committed and `next` is unchanged.
+/// committed and `next` is unchanged. Either way the buffers are trimmed to
+/// a chunk's worth.
 fn commit_group(
+    db: &Database,
+    group: &[WriteRequest],
+    next: &mut [u64; 2],
+    compression: LogCompression,
+    bufs: &mut ChunkBufs,
+) -> Result<u64, redb::Error> {
+    let written = write_group(db, group, next, compression, bufs);
+    bufs.trim();
+    written
+}
+
+fn write_group(
     db: &Database,
     group: &[WriteRequest],
     next: &mut [u64; 2],
@@ -528,8 +559,11 @@ fn commit_group(
                 let stored_len = if compression == LogCompression::Lz4 {
                     bufs.plain.resize(len, 0);
                     encode_chunk(ts, &chunk, &mut bufs.plain);
-                    let value = if compress_chunk(&bufs.plain, &mut bufs.packed) { &bufs.packed } else { &bufs.plain };
-                    tables[i].insert(seq[i], value.as_slice())?;
+                    let value = match compress_chunk(&bufs.plain, &mut bufs.packed) {
+                        Some(n) => &bufs.packed[..n],
+                        None => &bufs.plain[..],
+                    };
+                    tables[i].insert(seq[i], value)?;
                     value.len()
                 } else {
                     // Plain: encoded straight into redb's reserved slot.
@@ -939,11 +973,14 @@ mod tests {
         let records: Vec<Record> =
             (0..40u8).map(|i| rec(&[b'k', i], format!("{{\"event\":\"signup\",\"n\":{i}}}").as_bytes())).collect();
         let plain = encode(7, &records);
-        let mut packed = Vec::new();
-        assert!(compress_chunk(&plain, &mut packed), "repetitive JSON shrinks");
+        // A buffer left longer by an earlier chunk: only its first n bytes count.
+        let mut out = vec![0xaa; 4 * plain.len()];
+        let n = compress_chunk(&plain, &mut out).expect("repetitive JSON shrinks");
+        let packed = out[..n].to_vec();
         assert!(packed.len() < plain.len() / 2, "{} of {} bytes", packed.len(), plain.len());
         assert_eq!(chunk_head(&packed), Some((7, 40)));
-        let mut scratch = Vec::new();
+        // A scratch buffer longer than the chunk, as the previous one left it.
+        let mut scratch = vec![0x55; 4 * plain.len()];
         let got: Vec<_> = Chunk::decode(&packed, &mut scratch).unwrap().records().collect();
         let want: Vec<_> = records.iter().map(|r| Some((&r.key[..], &r.payload[..]))).collect();
         assert_eq!(got, want);
@@ -968,7 +1005,7 @@ mod tests {
                 (x >> 32) as u8
             })
             .collect();
-        assert!(!compress_chunk(&encode(7, &[rec(b"n", &noise)]), &mut packed));
+        assert_eq!(compress_chunk(&encode(7, &[rec(b"n", &noise)]), &mut out), None);
     }
 
     #[test]
@@ -1039,6 +1076,25 @@ mod tests {
         let first = again.poll(1, Duration::from_secs(1)).await.unwrap();
         assert_eq!(first[0].position.offset, 4);
         assert_eq!(first[0].key, vec![b'n', 2]);
+    }
+
+    /// A record larger than a chunk grows the writer's buffers for its
+    /// commit only; chunk-sized commits keep theirs.
+    #[test]
+    fn writer_buffers_keep_a_chunks_worth_after_a_large_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(&dir.path().join("log.redb")).unwrap();
+        let mut next = next_sequences(&db).unwrap();
+        let mut bufs = ChunkBufs::default();
+        let group = |payload: Vec<u8>| {
+            let (done, _) = oneshot::channel();
+            vec![WriteRequest { topic: Topic::Events, records: vec![rec(b"k", &payload)], done }]
+        };
+        commit_group(&db, &group(vec![b'{'; 8 * CHUNK_BYTES]), &mut next, LogCompression::Lz4, &mut bufs).unwrap();
+        assert_eq!(next[0], 1);
+        assert!(bufs.plain.capacity() <= CHUNK_BUFS_KEPT && bufs.packed.capacity() <= CHUNK_BUFS_KEPT);
+        commit_group(&db, &group(vec![b'{'; CHUNK_BYTES / 2]), &mut next, LogCompression::Lz4, &mut bufs).unwrap();
+        assert!(bufs.plain.capacity() >= CHUNK_BYTES / 2 && bufs.packed.capacity() > 0, "kept for the next commit");
     }
 
     /// A log written with `compression: none` and then with `lz4` (or the

@@ -5,7 +5,8 @@
 //!   serialize to records);
 //! * `router`: the whole in-process request path (Sluice's router and
 //!   middleware, the `/batch` shape check, decode, publish to a bus that
-//!   drops the records), building each request included.
+//!   drops the records), building each request included, with Sluice's
+//!   Prometheus recorder installed as `sluice` runs (its metrics counted).
 //!
 //! ```sh
 //! cargo build --release --example decode_loop
@@ -56,6 +57,7 @@ fn decode(n: u64) {
 
 fn router(n: u64) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let _metrics = sluice::metrics::install();
     let app = inproc::router();
     let [posthog, ..] = inproc::cases();
     // The first request warms lazy statics; it runs for every N alike.

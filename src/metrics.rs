@@ -5,9 +5,10 @@
 //! reason, endpoint class, status, partition), never user ids or tokens.
 //! Other modules call the small functions below instead of naming metrics.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 // Ingress.
@@ -95,8 +96,144 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 
 // ---- ingress ----
 
-pub fn events_received(source: &'static str, n: usize) {
-    counter!(EVENTS_RECEIVED, "source" => source).increment(n as u64);
+/// Route labels of the HTTP metrics: every route Sluice serves (trailing-slash
+/// twins share one), `other` for a matched route not listed, `unmatched` for
+/// a request no route took.
+const ROUTES: [&str; 15] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/batch",
+    "/e",
+    "/i/v0/e",
+    "/i/v1/analytics/events",
+    "/capture",
+    "/track",
+    "/engage",
+    "/2/httpapi",
+    "/identify",
+    "/webhooks/{name}",
+    "other",
+    "unmatched",
+];
+
+/// A request's route label, one of [`ROUTES`]: a bounded set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route(usize);
+
+impl Route {
+    pub const OTHER: Route = Route(ROUTES.len() - 2);
+    pub const UNMATCHED: Route = Route(ROUTES.len() - 1);
+
+    /// The label of the route that matched `path` (axum's pattern).
+    pub fn of(path: &str) -> Route {
+        let path = path.trim_end_matches('/');
+        ROUTES[..Route::OTHER.0].iter().position(|r| *r == path).map_or(Route::OTHER, Route)
+    }
+
+    pub fn label(self) -> &'static str {
+        ROUTES[self.0]
+    }
+}
+
+/// `source` labels of the ingress metrics a request records.
+const SOURCES: [&str; 3] = ["posthog", "amplitude", "webhook"];
+
+/// The metrics every ingress request records, held as handles so a request
+/// does not look them up by name and labels: each lookup builds a key
+/// (allocating its label list, and a string for a status code), hashes it
+/// and reads the recorder's registry, four to six times per request, ~2 % of
+/// the Kafka ingress profile (BENCHMARKS.md).
+///
+/// A handle is registered the first time it is used, with the recorder in
+/// place then: the global one in `sluice`, a test's local recorder in tests.
+/// So a series appears in `/metrics` once it has a sample, as with the
+/// macros, and one set of handles belongs to one state (never `static`,
+/// which would tie every test to the first test's recorder). Labels outside
+/// [`SOURCES`] and status codes outside 100–599 are looked up per call.
+pub struct IngressMetrics {
+    routes: [RouteMetrics; ROUTES.len()],
+    sources: [SourceMetrics; SOURCES.len()],
+    publish_duration: OnceLock<Histogram>,
+    publish_failures: OnceLock<Counter>,
+}
+
+struct RouteMetrics {
+    duration: OnceLock<Histogram>,
+    /// `sluice_http_requests_total` by status code, indexed from 100.
+    by_status: Box<[OnceLock<Counter>]>,
+}
+
+#[derive(Default)]
+struct SourceMetrics {
+    received: OnceLock<Counter>,
+    size: OnceLock<Histogram>,
+    batch: OnceLock<Histogram>,
+}
+
+const STATUS_CODES: std::ops::Range<u16> = 100..600;
+
+impl Default for IngressMetrics {
+    fn default() -> IngressMetrics {
+        IngressMetrics {
+            routes: std::array::from_fn(|_| RouteMetrics {
+                duration: OnceLock::new(),
+                by_status: STATUS_CODES.map(|_| OnceLock::new()).collect(),
+            }),
+            sources: Default::default(),
+            publish_duration: OnceLock::new(),
+            publish_failures: OnceLock::new(),
+        }
+    }
+}
+
+impl IngressMetrics {
+    /// One answered HTTP request (every route, refusals included).
+    pub fn http_request(&self, route: Route, status: u16, elapsed: Duration) {
+        let (r, route) = (&self.routes[route.0], route.label());
+        let register = || counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string());
+        match r.by_status.get(usize::from(status.wrapping_sub(STATUS_CODES.start))) {
+            Some(slot) => slot.get_or_init(register).increment(1),
+            None => register().increment(1),
+        }
+        r.duration.get_or_init(|| histogram!(HTTP_REQUEST_DURATION, "route" => route)).record(elapsed.as_secs_f64());
+    }
+
+    /// A request's size on the wire and how many events it carried.
+    pub fn request_size(&self, source: &'static str, bytes: usize, events: usize) {
+        match self.source(source) {
+            Some(s) => {
+                s.size.get_or_init(|| histogram!(HTTP_REQUEST_SIZE, "source" => source)).record(bytes as f64);
+                s.batch.get_or_init(|| histogram!(BATCH_EVENTS, "source" => source)).record(events as f64);
+            }
+            None => {
+                histogram!(HTTP_REQUEST_SIZE, "source" => source).record(bytes as f64);
+                histogram!(BATCH_EVENTS, "source" => source).record(events as f64);
+            }
+        }
+    }
+
+    /// Events the bus accepted from `source`.
+    pub fn events_received(&self, source: &'static str, n: usize) {
+        match self.source(source) {
+            Some(s) => s.received.get_or_init(|| counter!(EVENTS_RECEIVED, "source" => source)).increment(n as u64),
+            None => counter!(EVENTS_RECEIVED, "source" => source).increment(n as u64),
+        }
+    }
+
+    /// One publish of a request's events to the events topic.
+    pub fn publish(&self, elapsed: Duration, ok: bool) {
+        self.publish_duration
+            .get_or_init(|| histogram!(PUBLISH_DURATION, "topic" => "events"))
+            .record(elapsed.as_secs_f64());
+        if !ok {
+            self.publish_failures.get_or_init(|| counter!(PUBLISH_FAILURES, "topic" => "events")).increment(1);
+        }
+    }
+
+    fn source(&self, source: &str) -> Option<&SourceMetrics> {
+        SOURCES.iter().position(|known| *known == source).map(|i| &self.sources[i])
+    }
 }
 
 /// Count refused events with a bounded reason (`invalid_token`, `too_large`,
@@ -105,16 +242,8 @@ pub fn events_rejected(source: &'static str, reason: &'static str, n: usize) {
     counter!(EVENTS_REJECTED, "source" => source, "reason" => reason).increment(n.max(1) as u64);
 }
 
-pub fn http_request(route: &'static str, status: u16, elapsed: Duration) {
-    counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
-    histogram!(HTTP_REQUEST_DURATION, "route" => route).record(elapsed.as_secs_f64());
-}
-
-pub fn request_size(source: &'static str, bytes: usize, events: usize) {
-    histogram!(HTTP_REQUEST_SIZE, "source" => source).record(bytes as f64);
-    histogram!(BATCH_EVENTS, "source" => source).record(events as f64);
-}
-
+/// The inflated / compressed size of a compressed request body (a plain body
+/// records nothing: the panel reads the ratio of compressed ones).
 pub fn decompression(source: &'static str, compressed: usize, inflated: usize) {
     if compressed > 0 {
         histogram!(DECOMPRESSION_RATIO, "source" => source).record(inflated as f64 / compressed as f64);
@@ -133,13 +262,6 @@ pub fn ready(ok: bool) {
 }
 
 // ---- bus ----
-
-pub fn publish(topic: &'static str, elapsed: Duration, ok: bool) {
-    histogram!(PUBLISH_DURATION, "topic" => topic).record(elapsed.as_secs_f64());
-    if !ok {
-        counter!(PUBLISH_FAILURES, "topic" => topic).increment(1);
-    }
-}
 
 pub fn producer_queue(messages: u64, bytes: u64) {
     gauge!(PRODUCER_QUEUE_MESSAGES).set(messages as f64);
@@ -216,4 +338,83 @@ pub fn delivered(source: &'static str, latencies: impl IntoIterator<Item = Durat
     counter!(EVENTS_DELIVERED, "source" => source).increment(n);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     gauge!(LAST_DELIVERY).set(now.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(f: impl FnOnce()) -> String {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, f);
+        handle.render()
+    }
+
+    #[test]
+    fn route_labels_are_the_routes_with_trailing_slash_twins_folded() {
+        assert_eq!(Route::of("/batch/").label(), "/batch");
+        assert_eq!(Route::of("/batch").label(), "/batch");
+        assert_eq!(Route::of("/i/v0/e/").label(), "/i/v0/e");
+        assert_eq!(Route::of("/webhooks/{name}").label(), "/webhooks/{name}");
+        assert_eq!(Route::of("/somewhere/else"), Route::OTHER);
+        assert_eq!(Route::of("other"), Route::OTHER, "the fallback labels are not routes");
+        assert_eq!(Route::of("unmatched"), Route::OTHER);
+        assert_eq!(Route::UNMATCHED.label(), "unmatched");
+    }
+
+    #[test]
+    fn held_handles_record_what_the_named_metrics_would() {
+        let text = render(|| {
+            let m = IngressMetrics::default();
+            for status in [200, 200, 503] {
+                m.http_request(Route::of("/batch/"), status, Duration::from_millis(3));
+            }
+            // Outside the held range: looked up per call, same series.
+            m.http_request(Route::UNMATCHED, 999, Duration::from_millis(1));
+            m.request_size("posthog", 6_500, 10);
+            m.request_size("posthog", 650, 1);
+            m.events_received("posthog", 11);
+            m.events_received("some_new_source", 2);
+            m.publish(Duration::from_millis(2), true);
+            m.publish(Duration::from_millis(2), false);
+        });
+        for line in [
+            r#"sluice_http_requests_total{route="/batch",status="200"} 2"#,
+            r#"sluice_http_requests_total{route="/batch",status="503"} 1"#,
+            r#"sluice_http_requests_total{route="unmatched",status="999"} 1"#,
+            r#"sluice_http_request_duration_seconds_count{route="/batch"} 3"#,
+            r#"sluice_http_request_size_bytes_sum{source="posthog"} 7150"#,
+            r#"sluice_ingress_batch_events_count{source="posthog"} 2"#,
+            r#"sluice_events_received_total{source="posthog"} 11"#,
+            r#"sluice_events_received_total{source="some_new_source"} 2"#,
+            r#"sluice_bus_publish_duration_seconds_count{topic="events"} 2"#,
+            r#"sluice_bus_publish_failures_total{topic="events"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_series_appears_once_it_has_a_sample() {
+        let text = render(|| {
+            let m = IngressMetrics::default();
+            m.publish(Duration::from_millis(1), true);
+        });
+        assert!(!text.contains("sluice_bus_publish_failures_total"), "{text}");
+        assert!(!text.contains("sluice_http_requests_total"), "{text}");
+        assert!(!text.contains(r#"source="amplitude""#), "{text}");
+    }
+
+    #[test]
+    fn handles_belong_to_the_recorder_of_their_first_use() {
+        let first = PrometheusBuilder::new().build_recorder();
+        let second = PrometheusBuilder::new().build_recorder();
+        let (a, b) = (IngressMetrics::default(), IngressMetrics::default());
+        metrics::with_local_recorder(&first, || a.events_received("amplitude", 1));
+        metrics::with_local_recorder(&second, || b.events_received("amplitude", 5));
+        let line = |n| format!(r#"sluice_events_received_total{{source="amplitude"}} {n}"#);
+        assert!(first.handle().render().contains(&line(1)), "{}", first.handle().render());
+        assert!(second.handle().render().contains(&line(5)), "{}", second.handle().render());
+    }
 }

@@ -134,7 +134,7 @@ async fn handle_upload(state: &AppState, raw: RawRequest) -> Response {
         Err(e) => return refuse(SOURCE, Dialect::Amplitude, e, 1),
     };
     let (n, body_len) = (upload.events.len(), raw.body.len());
-    m::request_size(SOURCE, body_len, n);
+    state.meters.request_size(SOURCE, body_len, n);
     if let Err(e) = state.amplitude.check_key(&upload.api_key) {
         return refuse(SOURCE, Dialect::Amplitude, e, n);
     }
@@ -169,7 +169,7 @@ async fn identify(State(state): State<AppState>, req: Request) -> Response {
         Err(e) => return refuse(SOURCE, Dialect::Amplitude, e, 1),
     };
     let n = items.len();
-    m::request_size(SOURCE, raw.body.len(), n);
+    state.meters.request_size(SOURCE, raw.body.len(), n);
     let origin = Origin { api_key: &api_key, received_at, peer_ip: raw.peer.map(|p| p.ip().to_string()) };
     match validate_and_normalize(items, DEFAULT_MIN_ID_LENGTH, &origin) {
         // Unverified: Amplitude's exact Identify success body. The HTTP V2

@@ -74,6 +74,8 @@ pub struct Handles {
     pub clock: Arc<dyn Clock>,
     /// Renders `/metrics`; `None` when metrics are not installed (tests).
     pub metrics: Option<PrometheusHandle>,
+    /// What each request records, as handles (registered on first use).
+    pub meters: Arc<m::IngressMetrics>,
     pub posthog: Arc<posthog::PosthogState>,
     pub amplitude: Arc<amplitude::AmplitudeState>,
     pub webhooks: Arc<webhook::WebhookState>,
@@ -97,6 +99,7 @@ impl AppState {
             publisher,
             clock,
             metrics,
+            meters: Arc::default(),
         })))
     }
 }
@@ -175,10 +178,10 @@ pub async fn publish_records(state: &AppState, source: &'static str, records: Ve
     let n = records.len();
     let started = Instant::now();
     let result = state.publisher.publish(Topic::Events, records).await;
-    m::publish("events", started.elapsed(), result.is_ok());
+    state.meters.publish(started.elapsed(), result.is_ok());
     match result {
         Ok(()) => {
-            m::events_received(source, n);
+            state.meters.events_received(source, n);
             Ok(())
         }
         Err(e) => {
@@ -223,7 +226,7 @@ pub fn router(state: AppState) -> Router {
     app.layer(middleware::from_fn_with_state(Arc::new(Admission::new(limit, timeout)), admit))
         // Outside admission, so overload 503s and timeout 408s are counted
         // in sluice_http_requests_total (the 5xx-ratio alert relies on it).
-        .layer(middleware::from_fn(record_http))
+        .layer(middleware::from_fn_with_state(state.meters.clone(), record_http))
         .layer(middleware::from_fn(request_id))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -294,35 +297,15 @@ fn acceptable_request_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'='))
 }
 
-async fn record_http(req: Request, next: Next) -> Response {
-    let route: &'static str = match req.extensions().get::<MatchedPath>() {
-        Some(p) => route_label(p.as_str()),
-        None => "unmatched",
+async fn record_http(State(meters): State<Arc<m::IngressMetrics>>, req: Request, next: Next) -> Response {
+    let route = match req.extensions().get::<MatchedPath>() {
+        Some(p) => m::Route::of(p.as_str()),
+        None => m::Route::UNMATCHED,
     };
     let started = Instant::now();
     let resp = next.run(req).await;
-    m::http_request(route, resp.status().as_u16(), started.elapsed());
+    meters.http_request(route, resp.status().as_u16(), started.elapsed());
     resp
-}
-
-/// Bounded route labels (trailing-slash twins share one label).
-fn route_label(path: &str) -> &'static str {
-    match path.trim_end_matches('/') {
-        "/healthz" => "/healthz",
-        "/readyz" => "/readyz",
-        "/metrics" => "/metrics",
-        "/batch" => "/batch",
-        "/e" => "/e",
-        "/i/v0/e" => "/i/v0/e",
-        "/i/v1/analytics/events" => "/i/v1/analytics/events",
-        "/capture" => "/capture",
-        "/track" => "/track",
-        "/engage" => "/engage",
-        "/2/httpapi" => "/2/httpapi",
-        "/identify" => "/identify",
-        "/webhooks/{name}" => "/webhooks/{name}",
-        _ => "other",
-    }
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -230,7 +230,7 @@ pub async fn handle(state: &AppState, raw: RawRequest) -> Response {
         Ok(r) => r,
         Err(e) => return refuse(SOURCE, Dialect::Posthog, e, 1),
     };
-    crate::metrics::request_size(SOURCE, raw.body.len(), records.len());
+    state.meters.request_size(SOURCE, raw.body.len(), records.len());
     let (n, beacon) = (records.len(), facts.beacon());
     drop(raw);
     match publish_records(state, SOURCE, records).await {

@@ -88,7 +88,6 @@ use super::{publish, refuse, AppState, Dialect, IngressError, RawRequest};
 use crate::config::{Config, WebhookPointers, WebhookScheme};
 use crate::dedup::DedupStore;
 use crate::event::{Event, Kind, Revenue, Source};
-use crate::metrics as m;
 use signature::{SignatureError, SigningKey, Verified};
 
 const SOURCE: &str = "webhook";
@@ -192,7 +191,7 @@ async fn deliver(state: &AppState, source: &SignedSource, raw: &RawRequest) -> R
     let verified =
         signature::verify(source.scheme, &raw.headers, &raw.body, &source.keys, source.tolerance_secs, now.timestamp())
             .map_err(refusal)?;
-    m::request_size(SOURCE, raw.body.len(), 1);
+    state.meters.request_size(SOURCE, raw.body.len(), 1);
     let body: Value =
         serde_json::from_slice(&raw.body).map_err(|e| invalid_payload(format!("the signed body is not JSON: {e}")))?;
     let (event, dedup_key) = match source.scheme {

@@ -91,13 +91,14 @@ pub fn payload<'b>(facts: &RequestFacts<'_>, body: &'b [u8]) -> Result<Cow<'b, [
     let hint = query_hint.or(form_compression).or(header_hint);
 
     let compressed_len = raw.len();
+    // Whether this step decoded the body: only then is there a ratio to
+    // report (a plain body, the request's bytes or the form field's, has none).
+    let mut decoded = true;
     let mut text: Cow<'b, [u8]> = match hint {
         Some(Compression::Gzip) => Cow::Owned(gunzip(&raw)?),
         _ if raw.starts_with(&GZIP_MAGIC) => Cow::Owned(gunzip(&raw)?),
         Some(Compression::Lz64) => Cow::Owned(lz64_text(&raw)?.into_bytes()),
-        // Already unwrapped by the whole-body step above.
-        Some(Compression::Base64) if !looks_like_base64(&raw, false) => raw,
-        Some(Compression::Base64) => {
+        Some(Compression::Base64) if looks_like_base64(&raw, false) => {
             let bytes = base64_decode(&raw).ok_or_else(|| malformed("invalid_base64", "payload is not base64"))?;
             if bytes.starts_with(&GZIP_MAGIC) {
                 Cow::Owned(gunzip(&bytes)?)
@@ -105,7 +106,11 @@ pub fn payload<'b>(facts: &RequestFacts<'_>, body: &'b [u8]) -> Result<Cow<'b, [
                 Cow::Owned(bytes)
             }
         }
-        None => raw,
+        // Base64 already unwrapped by the whole-body step above, or none.
+        Some(Compression::Base64) | None => {
+            decoded = false;
+            raw
+        }
     };
 
     // Still base64 after unwrapping (form `data=` holding base64 JSON, or
@@ -114,12 +119,15 @@ pub fn payload<'b>(facts: &RequestFacts<'_>, body: &'b [u8]) -> Result<Cow<'b, [
     if looks_like_base64(&text, false) {
         if let Some(bytes) = base64_decode(&text) {
             text = if bytes.starts_with(&GZIP_MAGIC) { Cow::Owned(gunzip(&bytes)?) } else { Cow::Owned(bytes) };
+            decoded = true;
         }
     }
     if text.len() > DECOMPRESSED_LIMIT {
         return Err(IngressError::TooLarge { what: "decoded payload", limit: DECOMPRESSED_LIMIT });
     }
-    crate::metrics::decompression("posthog", compressed_len, text.len());
+    if decoded {
+        crate::metrics::decompression("posthog", compressed_len, text.len());
+    }
     Ok(text)
 }
 
@@ -245,6 +253,43 @@ mod tests {
         assert!(looks_like_base64(b"ab c", true));
         assert_eq!(base64_decode(b"eyJhIjoxfQ").unwrap(), br#"{"a":1}"#);
         assert_eq!(base64_decode(b"-_8=").unwrap(), vec![0xfb, 0xff]);
+    }
+
+    #[test]
+    fn only_a_decoded_body_records_a_decompression_ratio() {
+        use axum::http::HeaderMap;
+        use std::io::Write;
+        let json =
+            br#"{"api_key":"phc_x","batch":[{"event":"e","distinct_id":"u","properties":{"k":"vvvvvvvvvvvvvvvv"}}]}"#;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(json).unwrap();
+        let gz = enc.finish().unwrap();
+        let form = b"data=eyJhIjoxfQ%3D%3D".to_vec();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let count = |label: &str| {
+            let text = handle.render();
+            text.lines()
+                .find(|l| l.starts_with(&format!("sluice_ingress_decompression_ratio_{label}")))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+                .unwrap_or(0.0)
+        };
+        let plain = HeaderMap::new();
+        let mut form_headers = HeaderMap::new();
+        form_headers.insert("content-type", FORM_MIME.parse().unwrap());
+        let facts = |headers| RequestFacts { path: "/batch/", query: None, headers, peer: None };
+        metrics::with_local_recorder(&recorder, || {
+            assert_eq!(&*payload(&facts(&plain), json).unwrap(), json);
+            assert_eq!(&*payload(&facts(&form_headers), b"data=%7B%22a%22%3A1%7D").unwrap(), br#"{"a":1}"#);
+        });
+        assert_eq!(count("count"), 0.0, "plain JSON and a plain form field have no ratio:\n{}", handle.render());
+        metrics::with_local_recorder(&recorder, || {
+            assert_eq!(&*payload(&facts(&plain), &gz).unwrap(), json);
+            assert_eq!(&*payload(&facts(&form_headers), &form).unwrap(), br#"{"a":1}"#, "base64 in the form field");
+        });
+        assert_eq!(count("count"), 2.0, "{}", handle.render());
+        let expected = json.len() as f64 / gz.len() as f64 + 7.0 / 12.0;
+        assert!((count("sum") - expected).abs() < 1e-9, "sum {} vs {expected}", count("sum"));
     }
 
     #[test]

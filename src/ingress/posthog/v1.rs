@@ -479,7 +479,7 @@ pub async fn handle(state: &AppState, raw: RawRequest) -> Response {
         Ok(d) => d,
         Err(e) => return refuse(SOURCE, Dialect::PosthogV1, e, 1),
     };
-    crate::metrics::request_size(SOURCE, raw.body.len(), decoded.results.len());
+    state.meters.request_size(SOURCE, raw.body.len(), decoded.results.len());
     let mut decoded = decoded;
     let events = std::mem::take(&mut decoded.events);
     let n = events.len();

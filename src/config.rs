@@ -1037,6 +1037,16 @@ brevo:
     }
 
     #[test]
+    fn embedded_log_compression_is_lz4_unless_set_to_none() {
+        assert_eq!(Config::from_yaml("", "t.yaml", &env).unwrap().bus.embedded.compression, LogCompression::Lz4);
+        let c = Config::from_yaml("bus:\n  embedded:\n    compression: none\n", "t.yaml", &env).unwrap();
+        assert_eq!(c.bus.embedded.compression, LogCompression::None);
+        let err = Config::from_yaml("bus:\n  embedded:\n    compression: zstd\n", "t.yaml", &env).unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("bus.embedded.compression") && err.contains("zstd"), "{err}");
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let c = Config::from_yaml("", "t.yaml", &env).unwrap();
         assert_eq!(c.server.listen, default_listen());

@@ -514,6 +514,16 @@ impl ChunkBufs {
     }
 }
 
+/// The buffers lent to one commit; trims them to a chunk's worth when the
+/// commit returns, whether it succeeded or failed.
+struct TrimAfterCommit<'a>(&'a mut ChunkBufs);
+
+impl Drop for TrimAfterCommit<'_> {
+    fn drop(&mut self) {
+        self.0.trim();
+    }
+}
+
 /// One write transaction for a whole group; returns the bytes added to the
 /// events table (as stored, after compression). On failure nothing is
 /// committed and `next` is unchanged. Either way the buffers are trimmed to
@@ -525,18 +535,8 @@ fn commit_group(
     compression: LogCompression,
     bufs: &mut ChunkBufs,
 ) -> Result<u64, redb::Error> {
-    let written = write_group(db, group, next, compression, bufs);
-    bufs.trim();
-    written
-}
-
-fn write_group(
-    db: &Database,
-    group: &[WriteRequest],
-    next: &mut [u64; 2],
-    compression: LogCompression,
-    bufs: &mut ChunkBufs,
-) -> Result<u64, redb::Error> {
+    let bufs = TrimAfterCommit(bufs);
+    let ChunkBufs { plain, packed } = &mut *bufs.0;
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate);
     let ts = now_ms();
@@ -557,11 +557,15 @@ fn write_group(
                 }
                 let too_large = || redb::StorageError::ValueTooLarge(len);
                 let stored_len = if compression == LogCompression::Lz4 {
-                    bufs.plain.resize(len, 0);
-                    encode_chunk(ts, &chunk, &mut bufs.plain);
-                    let value = match compress_chunk(&bufs.plain, &mut bufs.packed) {
-                        Some(n) => &bufs.packed[..n],
-                        None => &bufs.plain[..],
+                    // Both buffers only grow: a chunk uses their first bytes.
+                    if plain.len() < len {
+                        plain.resize(len, 0);
+                    }
+                    let plain = &mut plain[..len];
+                    encode_chunk(ts, &chunk, plain);
+                    let value = match compress_chunk(plain, packed) {
+                        Some(n) => &packed[..n],
+                        None => &plain[..],
                     };
                     tables[i].insert(seq[i], value)?;
                     value.len()
@@ -1095,6 +1099,21 @@ mod tests {
         assert!(bufs.plain.capacity() <= CHUNK_BUFS_KEPT && bufs.packed.capacity() <= CHUNK_BUFS_KEPT);
         commit_group(&db, &group(vec![b'{'; CHUNK_BYTES / 2]), &mut next, LogCompression::Lz4, &mut bufs).unwrap();
         assert!(bufs.plain.capacity() >= CHUNK_BYTES / 2 && bufs.packed.capacity() > 0, "kept for the next commit");
+        // A short chunk after a longer one in the same buffers stores only its own bytes.
+        commit_group(&db, &group(b"{}".to_vec()), &mut next, LogCompression::Lz4, &mut bufs).unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(EVENTS).unwrap();
+        let mut scratch = Vec::new();
+        let lens: Vec<usize> = table
+            .iter()
+            .unwrap()
+            .flat_map(|row| {
+                let (_, v) = row.unwrap();
+                let chunk = Chunk::decode(v.value(), &mut scratch).expect("an intact chunk");
+                chunk.records().map(|r| r.expect("an intact record").1.len()).collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(lens, [8 * CHUNK_BYTES, CHUNK_BYTES / 2, 2]);
     }
 
     /// A log written with `compression: none` and then with `lz4` (or the

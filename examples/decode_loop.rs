@@ -16,8 +16,9 @@
 //!
 //! Instructions per event = (Ir at 300 − Ir at 0) / 3,000. Wall-clock
 //! benchmarks on the shared two-core machine move by ±30 % between runs;
-//! this does not (BENCHMARKS.md, "Profile"). The allocator is the system
-//! one (Sluice's binary uses mimalloc), so allocation costs read high.
+//! this does not (BENCHMARKS.md, "Profile"). The allocator is mimalloc, as
+//! in Sluice's binary (glibc's malloc costs differently: a growing `Vec`
+//! and a block above its per-thread cache's 1 KiB read high there).
 
 #[path = "../benches/support/bodies.rs"]
 mod bodies;
@@ -28,6 +29,9 @@ use axum::http::{HeaderMap, HeaderValue};
 use chrono::{DateTime, Utc};
 use sluice::ingress::posthog::{self, PosthogState, RequestFacts};
 use tower::ServiceExt;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -355,6 +355,9 @@ impl<'a> RawProps<'a> {
     fn keep_last_of_each_key(&mut self) {
         let entries = &self.0;
         let keep: Vec<bool> = if entries.len() <= PAIRWISE_KEYS {
+            if !prints_meet(entries) {
+                return;
+            }
             let repeated = |i: usize| entries[i + 1..].iter().any(|(k, _)| *k == entries[i].0);
             if !(0..entries.len()).any(repeated) {
                 return;
@@ -501,6 +504,42 @@ pub(crate) type Entries<'a> = Vec<(Cow<'a, str>, Option<&'a str>)>;
 /// Objects up to this many keys look for repeated keys pair by pair.
 const PAIRWISE_KEYS: usize = 32;
 
+/// Whether two of (at most [`PAIRWISE_KEYS`]) keys may be equal: their
+/// prints meet in a small open-addressed table. Equal keys always meet;
+/// different ones rarely do, and then the caller compares the text.
+fn prints_meet(entries: &[(Cow<'_, str>, Option<&str>)]) -> bool {
+    const SLOTS: usize = 2 * PAIRWISE_KEYS;
+    let mut table = [0u64; SLOTS];
+    for (k, _) in entries {
+        let print = key_print(k.as_bytes()) | 1;
+        let mut at = (print.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SLOTS;
+        loop {
+            match table[at] {
+                0 => {
+                    table[at] = print;
+                    break;
+                }
+                p if p == print => return true,
+                _ => at = (at + 1) % SLOTS,
+            }
+        }
+    }
+    false
+}
+
+/// A key's length and up to its first and last eight bytes in one word
+/// (keys that differ there differ here).
+fn key_print(k: &[u8]) -> u64 {
+    let n = k.len();
+    let (head, tail) =
+        if n >= 8 { (word(&k[..8]), word(&k[n - 8..])) } else { (k.iter().fold(0, |w, &b| w << 8 | u64::from(b)), 0) };
+    head ^ tail.rotate_left(23) ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+fn word(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b.try_into().unwrap_or_default())
+}
+
 /// Collect an object's entries as raw values; the entry named `nested` (the
 /// last one, if repeated) is read as [`Nested`] instead.
 fn raw_entries<'de, M: serde::de::MapAccess<'de>>(
@@ -636,10 +675,15 @@ mod tests {
     /// objects (pairwise) and large ones (through a set) alike.
     #[test]
     fn repeated_keys_keep_their_last_value_in_small_and_large_objects() {
-        for n in [3usize, PAIRWISE_KEYS, PAIRWISE_KEYS + 1, 5_000] {
+        // Short keys, and long ones of one length whose first and last
+        // eight bytes agree (their prints are equal: the text decides).
+        let shapes: [fn(usize) -> String; 2] = [|k| format!("k{k}"), |k| format!("$feature/flag-{k:04}-variant")];
+        // n keys and "last": up to PAIRWISE_KEYS entries pair by pair.
+        let sizes = [3usize, 9, PAIRWISE_KEYS - 1, PAIRWISE_KEYS, 5_000];
+        for (n, shape) in sizes.into_iter().flat_map(|n| shapes.map(|s| (n, s))) {
             let mut text = String::from("{");
             for i in 0..n {
-                text.push_str(&format!("\"k{}\": {i},", i % (n / 3).max(1)));
+                text.push_str(&format!("\"{}\": {i},", shape(i % (n / 3).max(1))));
             }
             text.push_str("\"last\": true}");
             let props: RawProps<'_> = serde_json::from_str(&text).unwrap();

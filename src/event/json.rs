@@ -181,23 +181,10 @@ fn string(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// Whether any byte is a control character, `"` or `\\`; eight bytes at a
-/// time (a byte-wise test per character was a measurable share of the
-/// writer).
+/// Whether any byte is a control character, `"` or `\\`: the reader's
+/// plain-run scan (sixteen bytes at a time) stops before the end.
 fn needs_escape(s: &[u8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = ONES << 7;
-    // Some byte of `x` is below `n` (n <= 128), resp. zero.
-    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH != 0;
-    let zero = |x: u64| below(x, 1);
-    let mut chunks = s.chunks_exact(8);
-    for c in &mut chunks {
-        let x = u64::from_ne_bytes(c.try_into().unwrap_or_default());
-        if below(x, 0x20) || zero(x ^ (ONES * u64::from(b'"'))) || zero(x ^ (ONES * u64::from(b'\\'))) {
-            return true;
-        }
-    }
-    chunks.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    super::scan::plain_run(s) != s.len()
 }
 
 #[cfg(test)]
@@ -312,9 +299,10 @@ mod tests {
     }
 
     #[test]
-    fn the_word_at_a_time_test_finds_every_byte_that_needs_an_escape() {
+    fn the_plain_run_test_finds_every_byte_that_needs_an_escape() {
         let slow = |s: &[u8]| s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
-        for len in 0..20 {
+        // Up to 16 + 8 + 7 bytes: the vector, word and byte loops.
+        for len in 0..32 {
             for filler in [b'a', b'~', 0x20, 0x21, 0x5b, 0x5d, 0x7f, 0x80, 0xa2, 0xff] {
                 let mut s = vec![filler; len];
                 assert_eq!(needs_escape(&s), slow(&s), "{s:?}");

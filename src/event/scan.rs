@@ -59,13 +59,28 @@ impl<'a> Scan<'a> {
     }
 
     /// Past the string whose opening quote is at the cursor. `Some(true)`
-    /// when it had escapes.
+    /// when it had escapes. Inlined for the usual string, a plain run up to
+    /// its closing quote; escapes and errors go on in [`Scan::string_rest`].
+    #[inline(always)]
     fn string(&mut self) -> Option<bool> {
         let b = self.bytes();
-        let mut i = self.at + 1;
+        let from = (self.at + 1).min(b.len());
+        let i = from + plain_run(&b[from..]);
+        if b.get(i) == Some(&b'"') {
+            self.at = i + 1;
+            return Some(false);
+        }
+        self.string_rest(i)
+    }
+
+    /// The rest of a string from `i`, where its first plain run ended
+    /// without its closing quote.
+    #[cold]
+    #[inline(never)]
+    fn string_rest(&mut self, mut i: usize) -> Option<bool> {
+        let b = self.bytes();
         let mut escaped = false;
         loop {
-            i += plain_run(&b[i.min(b.len())..]);
             match *b.get(i)? {
                 b'"' => {
                     self.at = i + 1;
@@ -89,6 +104,7 @@ impl<'a> Scan<'a> {
                 }
                 _ => return None, // a control character
             }
+            i += plain_run(&b[i.min(b.len())..]);
         }
     }
 
@@ -294,7 +310,9 @@ impl<'a> Scan<'a> {
                 let mut entries: Entries<'a> = Vec::new();
                 self.object(|s, key| {
                     if entries.is_empty() {
-                        entries.reserve(16);
+                        // Room for the bench's 18 properties and most of
+                        // posthog-js's 30-odd without a copy to grow.
+                        entries.reserve(32);
                     }
                     entries.push((Cow::Borrowed(key), Some(s.value()?)));
                     Some(())
@@ -308,14 +326,38 @@ impl<'a> Scan<'a> {
 }
 
 /// Length of the run of bytes a JSON string holds as they are: up to the
-/// first `"`, `\` or control character. Eight bytes at a time: in each
-/// mask the lowest flagged byte is exact (borrows only run upwards), so
-/// the lowest of the three is the first byte that ends the run.
-fn plain_run(b: &[u8]) -> usize {
+/// first `"`, `\` or control character. Sixteen bytes at a time with SSE2
+/// (in every x86-64 processor), then eight at a time in a `u64`: in each
+/// of its masks the lowest flagged byte is exact (borrows only run
+/// upwards), so the lowest of the three is the first byte that ends the run.
+#[inline(always)]
+pub(super) fn plain_run(b: &[u8]) -> usize {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGH: u64 = ONES << 7;
     let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x;
     let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        };
+        while i + 16 <= b.len() {
+            // SAFETY: SSE2 is part of the x86_64 baseline, and the
+            // unaligned load reads b[i..i + 16], inside the slice.
+            let stops = unsafe {
+                let v = _mm_loadu_si128(b.as_ptr().add(i).cast());
+                let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+                let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+                // Unsigned c <= 0x1f: min(c, 0x1f) is c itself.
+                let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+                _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+            };
+            if stops != 0 {
+                return i + stops.trailing_zeros() as usize;
+            }
+            i += 16;
+        }
+    }
     while let Some(chunk) = b.get(i..i + 8) {
         let v = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
         let hits = (zero_byte(v ^ (ONES * u64::from(b'"')))

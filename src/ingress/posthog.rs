@@ -576,9 +576,17 @@ fn to_event<'a>(shared: &normalize::Shared<'_>, w: Wire<'a>) -> Result<Event<Raw
     let id = match w.top.get("uuid") {
         None | Some(Value::Null) => new_id(),
         Some(Value::String(s)) if s.trim().is_empty() => new_id(),
-        Some(Value::String(s)) => uuid::Uuid::parse_str(s.trim())
-            .map_err(|_| malformed("invalid_uuid", format!("event uuid {s:?} is not a UUID")))?
-            .to_string(),
+        Some(Value::String(s)) => {
+            let id = uuid::Uuid::parse_str(s.trim())
+                .map_err(|_| malformed("invalid_uuid", format!("event uuid {s:?} is not a UUID")))?;
+            // 36 characters parse only in the hyphenated form: in lower
+            // case that is already the canonical text.
+            if s.len() == 36 && !s.bytes().any(|b| b.is_ascii_uppercase()) {
+                s
+            } else {
+                id.to_string()
+            }
+        }
         Some(_) => return Err(malformed("invalid_uuid", "an event uuid is not a string")),
     };
     Ok(normalize::envelope(shared, &w.name, distinct_id, id, w.top, w.props))

@@ -133,9 +133,15 @@ pub fn kind_of(name: &str) -> Kind {
 /// (numbers, even arrays) as its JSON text; NUL replaced; at most 200
 /// characters. `None` when missing, null or empty.
 pub fn distinct_id_text(value: &Value) -> Option<String> {
+    distinct_id_from(Cow::Borrowed(value))
+}
+
+/// [`distinct_id_text`], moving an owned string instead of copying it.
+fn distinct_id_from(value: Cow<'_, Value>) -> Option<String> {
     let text = match value {
-        Value::Null => return None,
-        Value::String(s) => s.clone(),
+        Cow::Owned(Value::String(s)) => s,
+        Cow::Borrowed(Value::String(s)) => s.clone(),
+        v if v.is_null() => return None,
         other => other.to_string(),
     };
     if text.is_empty() {
@@ -154,7 +160,7 @@ pub fn find_distinct_id(event: &impl Props, props: &impl Props) -> Option<String
     present(event.value("distinct_id"))
         .or_else(|| present(event.value("$distinct_id")))
         .or_else(|| present(props.value("distinct_id")))
-        .and_then(|v| distinct_id_text(&v))
+        .and_then(distinct_id_from)
 }
 
 /// Parse ISO 8601 as clients write it: RFC 3339 (with `T` or a space),
@@ -231,8 +237,19 @@ fn truthy(v: Option<&Value>) -> bool {
     }
 }
 
-fn non_empty_str(v: Option<&Value>) -> Option<String> {
-    v.and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
+/// A string value, trimmed, unless empty; an owned string that needs no
+/// trimming is moved, not copied.
+fn non_empty_str(v: Option<Cow<'_, Value>>) -> Option<String> {
+    let s = match v? {
+        Cow::Owned(Value::String(s)) => s,
+        Cow::Borrowed(Value::String(s)) => return Some(s.trim()).filter(|t| !t.is_empty()).map(str::to_string),
+        _ => return None,
+    };
+    match s.trim() {
+        "" => None,
+        t if t.len() == s.len() => Some(s),
+        t => Some(t.to_string()),
+    }
 }
 
 /// Build the envelope for one event whose name, distinct id and id are
@@ -277,20 +294,20 @@ pub fn envelope<P: Props>(
         unset = names;
     }
 
-    ev.email = non_empty_str(set.value("email").as_deref())
-        .or_else(|| non_empty_str(props.value("$email").as_deref()))
-        .or_else(|| non_empty_str(props.value("email").as_deref()));
+    ev.email = non_empty_str(set.value("email"))
+        .or_else(|| non_empty_str(props.value("$email")))
+        .or_else(|| non_empty_str(props.value("email")));
 
-    if let Some(anon) = props.value("$anon_distinct_id").and_then(|v| distinct_id_text(&v)) {
+    if let Some(anon) = props.value("$anon_distinct_id").and_then(distinct_id_from) {
         props.discard("$anon_distinct_id");
         ev.context.anon_distinct_id = Some(anon);
     }
 
-    let lib = non_empty_str(props.value("$lib").as_deref());
-    let lib_version = props.value("$lib_version").and_then(|v| match &*v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+    let lib = non_empty_str(props.value("$lib"));
+    let lib_version = props.value("$lib_version").and_then(|v| match v {
+        Cow::Owned(Value::String(s)) if !s.is_empty() => Some(s),
+        Cow::Borrowed(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        v => v.as_number().map(ToString::to_string),
     });
     ev.context.library = match lib {
         Some(name) => {
@@ -302,7 +319,7 @@ pub fn envelope<P: Props>(
         None => shared.library.clone().filter(|l| !l.name.is_empty()),
     };
 
-    ev.context.ip = match non_empty_str(props.value("$ip").as_deref()) {
+    ev.context.ip = match non_empty_str(props.value("$ip")) {
         Some(ip) => {
             props.discard("$ip");
             Some(ip)

@@ -156,10 +156,19 @@ fn uuid_is_kept_or_generated() {
     let evs = ok(json!([
         {"event": "a", "distinct_id": "u", "token": "t", "uuid": "0190A5B2-1C3D-7E4F-8A9B-0C1D2E3F4A5B"},
         {"event": "b", "distinct_id": "u", "token": "t"},
-        {"event": "c", "distinct_id": "u", "token": "t", "uuid": ""}
+        {"event": "c", "distinct_id": "u", "token": "t", "uuid": ""},
+        {"event": "d", "distinct_id": "u", "token": "t", "uuid": "0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5c"},
+        {"event": "e", "distinct_id": "u", "token": "t", "uuid": " 0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5d "},
+        {"event": "f", "distinct_id": "u", "token": "t", "uuid": "0190a5b21c3d7e4f8a9b0c1d2e3f4a5e"},
+        {"event": "g", "distinct_id": "u", "token": "t", "uuid": "urn:uuid:0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5f"}
     ]));
+    // Every accepted form ends in the canonical one.
     assert_eq!(evs[0].id, "0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b");
-    for e in &evs[1..] {
+    assert_eq!(evs[3].id, "0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5c");
+    assert_eq!(evs[4].id, "0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5d");
+    assert_eq!(evs[5].id, "0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5e");
+    assert_eq!(evs[6].id, "0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5f");
+    for e in &evs[1..3] {
         assert_eq!(uuid::Uuid::parse_str(&e.id).unwrap().get_version_num(), 7);
     }
     assert_eq!(

@@ -387,12 +387,16 @@ mod wire {
 
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> Option<u64> {
+    Some(stat_field(pid, 14)? + stat_field(pid, 15)?)
+}
+
+/// Field `n` (1-based, as in proc(5)) of `/proc/PID/stat`: 10 is minflt,
+/// 14 and 15 utime and stime.
+fn stat_field(pid: u32, n: usize) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
+    // Counted after the parenthesised command name (field 2), which may hold spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
 }
 
 fn status_kb(pid: u32, field: &str) -> Option<u64> {
@@ -494,6 +498,7 @@ fn main() {
             tokio::spawn(async move {
                 tokio::time::sleep_until(measure_from.into()).await;
                 let base: Vec<Option<u64>> = watched.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
+                let faults_base: Vec<Option<u64>> = watched.iter().map(|(_, pid)| stat_field(*pid, 10)).collect();
                 let self_base = cpu_ticks(std::process::id());
                 for (_, pid) in &watched {
                     // "5" resets VmHWM to the current RSS (Linux >= 4.0).
@@ -511,8 +516,9 @@ fn main() {
                     rss_timeline.push((t, rss));
                 }
                 let end: Vec<Option<u64>> = watched.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
+                let faults_end: Vec<Option<u64>> = watched.iter().map(|(_, pid)| stat_field(*pid, 10)).collect();
                 let self_end = cpu_ticks(std::process::id());
-                (base, end, self_base, self_end, rss_timeline)
+                (base, end, self_base, self_end, rss_timeline, faults_base, faults_end)
             })
         };
         let sampled = sampler.await.ok();
@@ -535,15 +541,21 @@ fn main() {
     let mut watched_out = serde_json::Map::new();
     let mut loadgen_cpu = serde_json::Value::Null;
     let mut rss_timeline = Vec::new();
-    if let Some((base, end, sb, se, rt_samples)) = sampled {
+    if let Some((base, end, sb, se, rt_samples, fb, fe)) = sampled {
         for (i, (name, pid)) in watched.iter().enumerate() {
             let cpu = match (base[i], end[i]) {
                 (Some(b), Some(e)) => json!((e - b) as f64 / tck / window * 100.0),
                 _ => serde_json::Value::Null,
             };
+            // Minor page faults a second: each zeroes a page, and returning
+            // pages interrupts every thread for its TLB (BENCHMARKS.md).
+            let faults = match (fb[i], fe[i]) {
+                (Some(b), Some(e)) => json!((e.saturating_sub(b)) as f64 / window),
+                _ => serde_json::Value::Null,
+            };
             watched_out.insert(
                 name.clone(),
-                json!({"pid": pid, "cpu_pct": cpu, "peak_rss_kb": status_kb(*pid, "VmHWM:"), "rss_kb": status_kb(*pid, "VmRSS:")}),
+                json!({"pid": pid, "cpu_pct": cpu, "minor_faults_per_s": faults, "peak_rss_kb": status_kb(*pid, "VmHWM:"), "rss_kb": status_kb(*pid, "VmRSS:")}),
             );
         }
         if let (Some(b), Some(e)) = (sb, se) {
@@ -596,4 +608,26 @@ fn main() {
         out["timeline"] = json!(rows);
     }
     println!("{out}");
+}
+
+#[cfg(test)]
+mod proc_tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_count_this_process_s_faults_and_cpu() {
+        let me = std::process::id();
+        let before = stat_field(me, 10).expect("minflt");
+        // Touch 16 MiB of fresh pages: at least a fault per 4 KiB page
+        // (fewer only with huge pages, still well over a hundred).
+        let mut pages = vec![0u8; 16 << 20];
+        for p in pages.iter_mut().step_by(4096) {
+            *p = 1;
+        }
+        std::hint::black_box(&pages);
+        let after = stat_field(me, 10).expect("minflt");
+        assert!(after >= before + 100, "minflt {before} -> {after}");
+        assert!(cpu_ticks(me).is_some());
+        assert_eq!(stat_field(me, 2), None, "the command name is not a number");
+    }
 }

@@ -132,12 +132,15 @@ impl<'o> Obj<'o> {
 /// `Z`, fractional seconds in groups of three digits, only as many as
 /// needed). Written digit by digit: chrono's formatter was 3 % of the
 /// PostHog decode. Years outside 0–9999 and leap seconds go through chrono.
-fn rfc3339(out: &mut Vec<u8>, t: &DateTime<Utc>) {
+fn rfc3339(out: &mut Vec<u8>, utc: &DateTime<Utc>) {
     use chrono::{Datelike, Timelike};
+    // The naive UTC value: each accessor on a `DateTime` adds its (zero)
+    // offset again.
+    let t = utc.naive_utc();
     let nanos = t.nanosecond();
     let year = t.year();
     if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
-        string(out, &t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+        string(out, &utc.to_rfc3339_opts(SecondsFormat::AutoSi, true));
         return;
     }
     let two = |v: u32| [b'0' + (v / 10 % 10) as u8, b'0' + (v % 10) as u8];

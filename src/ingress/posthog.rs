@@ -577,11 +577,12 @@ fn to_event<'a>(shared: &normalize::Shared<'_>, w: Wire<'a>) -> Result<Event<Raw
         None | Some(Value::Null) => new_id(),
         Some(Value::String(s)) if s.trim().is_empty() => new_id(),
         Some(Value::String(s)) => {
-            let id = uuid::Uuid::parse_str(s.trim())
+            let text = s.trim();
+            let id = uuid::Uuid::parse_str(text)
                 .map_err(|_| malformed("invalid_uuid", format!("event uuid {s:?} is not a UUID")))?;
             // 36 characters parse only in the hyphenated form: in lower
-            // case that is already the canonical text.
-            if s.len() == 36 && !s.bytes().any(|b| b.is_ascii_uppercase()) {
+            // case, and with nothing trimmed, that is the canonical text.
+            if text.len() == 36 && s.len() == 36 && !s.bytes().any(|b| b.is_ascii_uppercase()) {
                 s
             } else {
                 id.to_string()

@@ -160,7 +160,9 @@ fn uuid_is_kept_or_generated() {
         {"event": "d", "distinct_id": "u", "token": "t", "uuid": "0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5c"},
         {"event": "e", "distinct_id": "u", "token": "t", "uuid": " 0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5d "},
         {"event": "f", "distinct_id": "u", "token": "t", "uuid": "0190a5b21c3d7e4f8a9b0c1d2e3f4a5e"},
-        {"event": "g", "distinct_id": "u", "token": "t", "uuid": "urn:uuid:0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5f"}
+        {"event": "g", "distinct_id": "u", "token": "t", "uuid": "urn:uuid:0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5f"},
+        // 36 characters, but the simple form padded with spaces.
+        {"event": "h", "distinct_id": "u", "token": "t", "uuid": "  0190a5b21c3d7e4f8a9b0c1d2e3f4a60  "}
     ]));
     // Every accepted form ends in the canonical one.
     assert_eq!(evs[0].id, "0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b");
@@ -168,6 +170,7 @@ fn uuid_is_kept_or_generated() {
     assert_eq!(evs[4].id, "0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5d");
     assert_eq!(evs[5].id, "0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5e");
     assert_eq!(evs[6].id, "0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a5f");
+    assert_eq!(evs[7].id, "0190a5b2-1c3d-7e4f-8a9b-0c1d2e3f4a60");
     for e in &evs[1..3] {
         assert_eq!(uuid::Uuid::parse_str(&e.id).unwrap().get_version_num(), 7);
     }

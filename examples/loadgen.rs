@@ -12,8 +12,8 @@
 //! only the id digits are patched in.
 //!
 //! It also watches the server under test (`--pid name=PID`): CPU from
-//! `/proc/PID/stat` (utime + stime) over exactly the measured window, and
-//! peak RSS (`VmHWM`, reset through `/proc/PID/clear_refs` when the window
+//! `/proc/PID/stat` (utime + stime) over exactly the measured window, minor
+//! page faults per second over the same window (minflt), and peak RSS (`VmHWM`, reset through `/proc/PID/clear_refs` when the window
 //! opens), so the figures describe the load and nothing else.
 //!
 //! Output: one JSON object on stdout.

@@ -508,11 +508,14 @@ const PAIRWISE_KEYS: usize = 32;
 /// prints meet in a small open-addressed table. Equal keys always meet;
 /// different ones rarely do, and then the caller compares the text.
 fn prints_meet(entries: &[(Cow<'_, str>, Option<&str>)]) -> bool {
-    const SLOTS: usize = 2 * PAIRWISE_KEYS;
+    // Room for twice the keys, so a probe ends soon; indexed by the top six
+    // bits of a multiplicative hash.
+    const SLOTS: usize = 64;
+    const _: () = assert!(SLOTS >= 2 * PAIRWISE_KEYS);
     let mut table = [0u64; SLOTS];
     for (k, _) in entries {
         let print = key_print(k.as_bytes()) | 1;
-        let mut at = (print.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SLOTS;
+        let mut at = (print.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize;
         loop {
             match table[at] {
                 0 => {
@@ -527,8 +530,8 @@ fn prints_meet(entries: &[(Cow<'_, str>, Option<&str>)]) -> bool {
     false
 }
 
-/// A key's length and up to its first and last eight bytes in one word
-/// (keys that differ there differ here).
+/// A key's length and up to its first and last eight bytes mixed into one
+/// word: equal keys have equal prints; different keys usually do not.
 fn key_print(k: &[u8]) -> u64 {
     let n = k.len();
     let (head, tail) =

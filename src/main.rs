@@ -42,22 +42,25 @@ const PURGE_DELAY_MS: std::os::raw::c_long = 50;
 const GLIBC_MMAP_THRESHOLD: std::os::raw::c_int = 4 << 20;
 const GLIBC_TRIM_THRESHOLD: std::os::raw::c_int = 32 << 20;
 
+/// The `mallopt` settings to make, given which environment variables are
+/// set: none when the operator tunes glibc's malloc themselves.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn glibc_malloc_options(is_set: impl Fn(&str) -> bool) -> Option<[(std::os::raw::c_int, std::os::raw::c_int); 2]> {
+    let operator_tuned = ["MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"].into_iter().any(is_set);
+    (!operator_tuned)
+        .then_some([(libc::M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD), (libc::M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)])
+}
+
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets one numeric option before any other thread exists.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if ["MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"]
-        .iter()
-        .all(|v| std::env::var_os(v).is_none())
-    {
-        // SAFETY: mallopt only sets numbers in glibc's malloc state; called
+    for (param, value) in glibc_malloc_options(|v| std::env::var_os(v).is_some()).into_iter().flatten() {
+        // SAFETY: mallopt only sets a number in glibc's malloc state; called
         // before any other thread exists.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD);
-        }
+        unsafe { libc::mallopt(param, value) };
     }
 }
 
@@ -264,5 +267,22 @@ mod tests {
         // SAFETY: as above.
         let tuned = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
         assert_eq!(tuned, PURGE_DELAY_MS);
+    }
+
+    /// glibc has no getter for these settings (and its 2.36 `mallopt`
+    /// accepts any threshold), so this checks the decision: Sluice's two
+    /// thresholds, unless the operator's variables tune malloc. Their effect
+    /// is measured instead: the load harness's page faults per second.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn glibc_thresholds_are_set_unless_the_environment_tunes_malloc() {
+        assert_eq!(
+            glibc_malloc_options(|_| false),
+            Some([(libc::M_MMAP_THRESHOLD, 4 << 20), (libc::M_TRIM_THRESHOLD, 32 << 20)]),
+            "nothing set: Sluice's thresholds"
+        );
+        for var in ["MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"] {
+            assert_eq!(glibc_malloc_options(|v| v == var), None, "{var} set: glibc's settings are the operator's");
+        }
     }
 }

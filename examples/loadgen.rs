@@ -33,16 +33,29 @@ use tokio::net::TcpStream;
 
 #[path = "../benches/support/bodies.rs"]
 mod bodies;
-use bodies::{amplitude_template, posthog_template, stripe_signature, stripe_template, Template};
+use bodies::{
+    amplitude_template, posthog_browser_template, posthog_template, stripe_signature, stripe_template, Template,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
-    /// PostHog batch: `{api_key, batch: [10 events], sent_at}`, ~650 bytes per event.
+    /// PostHog batch: `{api_key, batch: [10 events], sent_at}`, ~650 bytes per
+    /// event, ten users per batch (a server-side SDK's).
     Posthog,
+    /// The same batch as a browser's posthog-js sends it: one user per
+    /// batch, another user per request.
+    PosthogBrowser,
     /// Amplitude HTTP V2: `{api_key, events: [100 events]}`.
     Amplitude,
     /// One Stripe-signed webhook event per request.
     Stripe,
+}
+
+impl Scenario {
+    /// The name `--scenario` takes (and the results report): `posthog-browser`.
+    fn name(self) -> String {
+        self.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -444,6 +457,10 @@ fn main() {
             let n = args.events.unwrap_or(10);
             (posthog_template(&args.token, n, run), n)
         }
+        Scenario::PosthogBrowser => {
+            let n = args.events.unwrap_or(10);
+            (posthog_browser_template(&args.token, n, run), n)
+        }
         Scenario::Amplitude => {
             let n = args.events.unwrap_or(100);
             (amplitude_template(&args.token, n, run), n)
@@ -564,7 +581,7 @@ fn main() {
         rss_timeline = rt_samples;
     }
     let mut out = json!({
-        "scenario": format!("{:?}", shared.args.scenario).to_lowercase(),
+        "scenario": shared.args.scenario.name(),
         "addr": shared.args.addr.to_string(),
         "path": shared.args.path,
         "connections": connections,
@@ -629,5 +646,15 @@ mod proc_tests {
         assert!(after >= before + 100, "minflt {before} -> {after}");
         assert!(cpu_ticks(me).is_some());
         assert_eq!(stat_field(me, 2), None, "the command name is not a number");
+    }
+
+    #[test]
+    fn results_name_each_scenario_as_the_flag_does() {
+        // bench-ingress pairs each run with the no-op run of the same name.
+        for s in Scenario::value_variants() {
+            let name = s.name();
+            assert_eq!(Scenario::from_str(&name, false).ok(), Some(*s), "{name}");
+        }
+        assert_eq!(Scenario::PosthogBrowser.name(), "posthog-browser");
     }
 }

@@ -20,18 +20,29 @@ pub struct Template {
     pub bytes: Vec<u8>,
     /// Offsets of 12-hex-digit slots, one per event.
     pub slots: Vec<usize>,
+    /// Offsets of [`USER_SLOT`]s: one user per request, the same in each
+    /// of its events.
+    pub user_slots: Vec<usize>,
     pub events: usize,
 }
 
 pub const SLOT: &str = "@@@@@@@@@@@@";
 
+/// A 6-digit user number, filled per request: request `n` is user
+/// `n % 1,000,000`, so consecutive requests spread over the partitions.
+pub const USER_SLOT: &str = "%%%%%%";
+
+fn offsets(bytes: &[u8], slot: &str) -> Vec<usize> {
+    bytes.windows(slot.len()).enumerate().filter(|(_, w)| *w == slot.as_bytes()).map(|(i, _)| i).collect()
+}
+
 impl Template {
     pub fn new(text: String, events: usize) -> Template {
         let bytes = text.into_bytes();
-        let slots: Vec<usize> =
-            bytes.windows(SLOT.len()).enumerate().filter(|(_, w)| *w == SLOT.as_bytes()).map(|(i, _)| i).collect();
+        let slots = offsets(&bytes, SLOT);
         assert_eq!(slots.len(), events, "one id slot per event");
-        Template { bytes, slots, events }
+        let user_slots = offsets(&bytes, USER_SLOT);
+        Template { bytes, slots, user_slots, events }
     }
 
     /// The body for request number `n`: event `i` gets id digits `n << 8 | i`
@@ -53,6 +64,15 @@ impl Template {
                 let nib = ((v >> (4 * (11 - d))) & 0xf) as usize;
                 b[off + d] = b"0123456789abcdef"[nib];
             }
+        }
+        let mut user = n % 1_000_000;
+        let mut digits = [b'0'; USER_SLOT.len()];
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (user % 10) as u8;
+            user /= 10;
+        }
+        for &off in &self.user_slots {
+            b[off..off + digits.len()].copy_from_slice(&digits);
         }
     }
 }
@@ -91,9 +111,26 @@ pub fn posthog_event(run: u16, user: usize, now: &str) -> serde_json::Value {
     })
 }
 
+/// A server-side SDK's batch: `events` events of as many users (the same
+/// users in every request).
 pub fn posthog_template(token: &str, events: usize, run: u16) -> Template {
     let now = rfc3339_now();
     let batch: Vec<_> = (0..events).map(|i| posthog_event(run, i * 7919 % 100_000, &now)).collect();
+    let body = json!({"api_key": token, "batch": batch, "sent_at": now});
+    Template::new(body.to_string(), events)
+}
+
+/// A browser's batch (posthog-js): every event of a request is one user's,
+/// and each request is another user's.
+pub fn posthog_browser_template(token: &str, events: usize, run: u16) -> Template {
+    let now = rfc3339_now();
+    let batch: Vec<_> = (0..events)
+        .map(|_| {
+            let mut e = posthog_event(run, 0, &now);
+            e["distinct_id"] = format!("user-{USER_SLOT}").into();
+            e
+        })
+        .collect();
     let body = json!({"api_key": token, "batch": batch, "sent_at": now});
     Template::new(body.to_string(), events)
 }
@@ -185,7 +222,7 @@ pub fn stripe_signature(secret: &str, t: u64, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     #[allow(unused_imports)] // the harness-less bench including this file drops #[test] items
-    use super::{amplitude_template, posthog_template, stripe_signature};
+    use super::{amplitude_template, posthog_browser_template, posthog_template, stripe_signature};
 
     #[test]
     fn stripe_signature_matches_the_contract_vector() {
@@ -216,5 +253,23 @@ mod tests {
         for e in p["batch"].as_array().unwrap() {
             uuid::Uuid::parse_str(e["uuid"].as_str().unwrap()).unwrap();
         }
+    }
+
+    #[test]
+    fn browser_batches_hold_one_user_each_and_requests_change_users() {
+        let users = |n: u64| -> Vec<String> {
+            let t = posthog_browser_template("phc", 10, 7);
+            let v: serde_json::Value = serde_json::from_slice(&t.render(n)).unwrap();
+            v["batch"].as_array().unwrap().iter().map(|e| e["distinct_id"].as_str().unwrap().to_string()).collect()
+        };
+        let (a, b) = (users(41), users(1_000_042));
+        assert_eq!(a, vec!["user-000041".to_string(); 10]);
+        assert_eq!(b, vec!["user-000042".to_string(); 10]);
+        // The other events' slots are still filled per event.
+        let v: serde_json::Value = serde_json::from_slice(&posthog_browser_template("phc", 10, 7).render(5)).unwrap();
+        let mut ids: Vec<&str> = v["batch"].as_array().unwrap().iter().map(|e| e["uuid"].as_str().unwrap()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 10);
     }
 }

@@ -43,7 +43,7 @@ fn main() {
 }
 
 fn decode(n: u64) {
-    let template = bodies::posthog_template(inproc::TOKEN, 10, 1);
+    let template = bodies::posthog_template(inproc::TOKEN, 10, 1, bodies::PosthogUsers::PerEvent);
     let body = template.render(1);
     let policy = PosthogState::from_tokens([inproc::TOKEN.to_string()]);
     let mut headers = HeaderMap::new();

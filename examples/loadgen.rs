@@ -33,9 +33,7 @@ use tokio::net::TcpStream;
 
 #[path = "../benches/support/bodies.rs"]
 mod bodies;
-use bodies::{
-    amplitude_template, posthog_browser_template, posthog_template, stripe_signature, stripe_template, Template,
-};
+use bodies::{amplitude_template, posthog_template, stripe_signature, stripe_template, PosthogUsers, Template};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -453,13 +451,11 @@ fn main() {
         .collect();
     let run = (SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) & 0xffff) as u16;
     let (template, path_events) = match args.scenario {
-        Scenario::Posthog => {
+        Scenario::Posthog | Scenario::PosthogBrowser => {
             let n = args.events.unwrap_or(10);
-            (posthog_template(&args.token, n, run), n)
-        }
-        Scenario::PosthogBrowser => {
-            let n = args.events.unwrap_or(10);
-            (posthog_browser_template(&args.token, n, run), n)
+            let users =
+                if args.scenario == Scenario::Posthog { PosthogUsers::PerEvent } else { PosthogUsers::PerRequest };
+            (posthog_template(&args.token, n, run, users), n)
         }
         Scenario::Amplitude => {
             let n = args.events.unwrap_or(100);

@@ -28,9 +28,17 @@ pub struct Template {
 
 pub const SLOT: &str = "@@@@@@@@@@@@";
 
-/// A 6-digit user number, filled per request: request `n` is user
-/// `n % 1,000,000`, so consecutive requests spread over the partitions.
+/// A user number of 6 hex digits, filled per request: request `n` is user
+/// `n mod 2^24`, so consecutive requests spread over the partitions.
 pub const USER_SLOT: &str = "%%%%%%";
+
+/// Write `v`'s low hex digits over all of `dst`, most significant first.
+fn hex_into(dst: &mut [u8], v: u64) {
+    let width = dst.len();
+    for (d, out) in dst.iter_mut().enumerate() {
+        *out = b"0123456789abcdef"[((v >> (4 * (width - 1 - d))) & 0xf) as usize];
+    }
+}
 
 fn offsets(bytes: &[u8], slot: &str) -> Vec<usize> {
     bytes.windows(slot.len()).enumerate().filter(|(_, w)| *w == slot.as_bytes()).map(|(i, _)| i).collect()
@@ -59,20 +67,10 @@ impl Template {
         out.extend_from_slice(&self.bytes);
         let b = &mut out[at..];
         for (i, &off) in self.slots.iter().enumerate() {
-            let v = (n << 8) | i as u64;
-            for d in 0..12 {
-                let nib = ((v >> (4 * (11 - d))) & 0xf) as usize;
-                b[off + d] = b"0123456789abcdef"[nib];
-            }
-        }
-        let mut user = n % 1_000_000;
-        let mut digits = [b'0'; USER_SLOT.len()];
-        for d in digits.iter_mut().rev() {
-            *d = b'0' + (user % 10) as u8;
-            user /= 10;
+            hex_into(&mut b[off..off + SLOT.len()], (n << 8) | i as u64);
         }
         for &off in &self.user_slots {
-            b[off..off + digits.len()].copy_from_slice(&digits);
+            hex_into(&mut b[off..off + USER_SLOT.len()], n);
         }
     }
 }
@@ -111,23 +109,24 @@ pub fn posthog_event(run: u16, user: usize, now: &str) -> serde_json::Value {
     })
 }
 
-/// A server-side SDK's batch: `events` events of as many users (the same
-/// users in every request).
-pub fn posthog_template(token: &str, events: usize, run: u16) -> Template {
-    let now = rfc3339_now();
-    let batch: Vec<_> = (0..events).map(|i| posthog_event(run, i * 7919 % 100_000, &now)).collect();
-    let body = json!({"api_key": token, "batch": batch, "sent_at": now});
-    Template::new(body.to_string(), events)
+/// Whose events a PostHog batch carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PosthogUsers {
+    /// A server-side SDK's batch: a user per event, the same users in every
+    /// request.
+    PerEvent,
+    /// A browser's (posthog-js): one user per batch, another in each request.
+    PerRequest,
 }
 
-/// A browser's batch (posthog-js): every event of a request is one user's,
-/// and each request is another user's.
-pub fn posthog_browser_template(token: &str, events: usize, run: u16) -> Template {
+pub fn posthog_template(token: &str, events: usize, run: u16, users: PosthogUsers) -> Template {
     let now = rfc3339_now();
     let batch: Vec<_> = (0..events)
-        .map(|_| {
-            let mut e = posthog_event(run, 0, &now);
-            e["distinct_id"] = format!("user-{USER_SLOT}").into();
+        .map(|i| {
+            let mut e = posthog_event(run, i * 7919 % 100_000, &now);
+            if users == PosthogUsers::PerRequest {
+                e["distinct_id"] = format!("user-{USER_SLOT}").into();
+            }
             e
         })
         .collect();
@@ -222,7 +221,7 @@ pub fn stripe_signature(secret: &str, t: u64, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     #[allow(unused_imports)] // the harness-less bench including this file drops #[test] items
-    use super::{amplitude_template, posthog_browser_template, posthog_template, stripe_signature};
+    use super::{amplitude_template, posthog_template, stripe_signature, PosthogUsers};
 
     #[test]
     fn stripe_signature_matches_the_contract_vector() {
@@ -247,7 +246,8 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), n);
-        let p: serde_json::Value = serde_json::from_slice(&posthog_template("phc", 10, 7).render(3)).unwrap();
+        let p: serde_json::Value =
+            serde_json::from_slice(&posthog_template("phc", 10, 7, PosthogUsers::PerEvent).render(3)).unwrap();
         let per_event = p.to_string().len() / 10;
         assert!((550..800).contains(&per_event), "{per_event} bytes per event");
         for e in p["batch"].as_array().unwrap() {
@@ -257,16 +257,24 @@ mod tests {
 
     #[test]
     fn browser_batches_hold_one_user_each_and_requests_change_users() {
+        let t = posthog_template("phc", 10, 7, PosthogUsers::PerRequest);
         let users = |n: u64| -> Vec<String> {
-            let t = posthog_browser_template("phc", 10, 7);
             let v: serde_json::Value = serde_json::from_slice(&t.render(n)).unwrap();
             v["batch"].as_array().unwrap().iter().map(|e| e["distinct_id"].as_str().unwrap().to_string()).collect()
         };
-        let (a, b) = (users(41), users(1_000_042));
-        assert_eq!(a, vec!["user-000041".to_string(); 10]);
-        assert_eq!(b, vec!["user-000042".to_string(); 10]);
+        assert_eq!(users(0x2a), vec!["user-00002a".to_string(); 10]);
+        assert_eq!(users(0x2b), vec!["user-00002b".to_string(); 10]);
+        assert_eq!(users((1 << 24) + 0x2a), users(0x2a), "2^24 users, then again");
+        // A server-side batch keeps a user per event.
+        let v: serde_json::Value =
+            serde_json::from_slice(&posthog_template("phc", 10, 7, PosthogUsers::PerEvent).render(5)).unwrap();
+        let mut ids: Vec<&str> =
+            v["batch"].as_array().unwrap().iter().map(|e| e["distinct_id"].as_str().unwrap()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 10);
         // The other events' slots are still filled per event.
-        let v: serde_json::Value = serde_json::from_slice(&posthog_browser_template("phc", 10, 7).render(5)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&t.render(5)).unwrap();
         let mut ids: Vec<&str> = v["batch"].as_array().unwrap().iter().map(|e| e["uuid"].as_str().unwrap()).collect();
         ids.sort();
         ids.dedup();

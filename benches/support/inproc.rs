@@ -83,7 +83,7 @@ pub fn cases() -> [PathCase; 3] {
         PathCase {
             name: "posthog /batch/ (10-event JSON batch)",
             path: "/batch/",
-            template: bodies::posthog_template(TOKEN, 10, 1),
+            template: bodies::posthog_template(TOKEN, 10, 1, bodies::PosthogUsers::PerEvent),
             stripe: false,
         },
         PathCase {
